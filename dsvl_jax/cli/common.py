@@ -1,0 +1,11 @@
+"""Shared bits of the command-line entry points."""
+from __future__ import annotations
+
+import logging
+import os
+
+
+def setup_logging() -> None:
+    logging.basicConfig(level=os.environ.get("DSVL_LOG", "INFO"), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    for noisy in ("absl", "jax._src", "orbax"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)

@@ -1,0 +1,64 @@
+"""dsvl_jax (ModelConfig, params) -> HF save_pretrained folder that transformers loads unchanged."""
+from __future__ import annotations
+
+import json
+import os
+
+import jax
+import numpy as np
+
+from dsvl_jax.interop import hf_names
+from dsvl_jax.interop.hf_config import to_hf
+from dsvl_jax.model.config import ModelConfig, dtype_name_to_numpy
+from dsvl_jax.model.params import Params, flatten, unstack_layers
+
+DEFAULT_SHARD_BYTES = 5 * 2**30
+
+
+def export_tensors(cfg: ModelConfig, params: Params, dtype: str = "float32") -> dict[str, np.ndarray]:
+    flat = {k: np.asarray(jax.device_get(v)) for k, v in flatten(params).items()}
+    if cfg.scan_layers:
+        flat = unstack_layers(flat)
+    npdt = dtype_name_to_numpy(dtype)
+    out, unknown = {}, []
+    for path, x in flat.items():
+        hit = hf_names.ours_to_hf(path, cfg.vision)
+        if hit is None:
+            unknown.append(path)
+            continue
+        key, t = hit
+        out[key] = np.ascontiguousarray(hf_names.TRANSFORMS[t].inverse(x).astype(npdt))
+    if unknown:
+        raise KeyError(f"no HF name for dsvl_jax parameter(s): {sorted(unknown)}")
+    return out
+
+
+def save_hf(folder: str, cfg: ModelConfig, params: Params, dtype: str = "float32",
+            max_shard_bytes: int = DEFAULT_SHARD_BYTES) -> list[str]:
+    """Write config.json + safetensors (sharded with an index past max_shard_bytes). Returns file names."""
+    from safetensors.numpy import save_file
+    os.makedirs(folder, exist_ok=True)
+    tensors = export_tensors(cfg, params, dtype)
+    with open(os.path.join(folder, "config.json"), "w") as f:
+        json.dump(to_hf(cfg, dtype), f, indent=2)
+    shards: list[dict[str, np.ndarray]] = [{}]
+    size = 0
+    for k in sorted(tensors):
+        if shards[-1] and size + tensors[k].nbytes > max_shard_bytes:
+            shards.append({})
+            size = 0
+        shards[-1][k] = tensors[k]
+        size += tensors[k].nbytes
+    meta = {"format": "pt"}
+    if len(shards) == 1:
+        save_file(shards[0], os.path.join(folder, "model.safetensors"), metadata=meta)
+        return ["config.json", "model.safetensors"]
+    names = [f"model-{i + 1:05d}-of-{len(shards):05d}.safetensors" for i in range(len(shards))]
+    weight_map = {}
+    for name, shard in zip(names, shards):
+        save_file(shard, os.path.join(folder, name), metadata=meta)
+        weight_map.update({k: name for k in shard})
+    total = sum(t.nbytes for t in tensors.values())
+    with open(os.path.join(folder, "model.safetensors.index.json"), "w") as f:
+        json.dump({"metadata": {"total_size": total}, "weight_map": weight_map}, f, indent=2)
+    return ["config.json", "model.safetensors.index.json", *names]

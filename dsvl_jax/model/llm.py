@@ -1,0 +1,114 @@
+"""DeepSeek LLM decoder: LLaMA-style (RMSNorm, RoPE, SwiGLU, MHA/GQA), with a functional KV cache.
+
+One code path serves training, prefill and decoding. Keys live in "slots": without a cache the slots
+are the T input tokens; with a cache of S slots the T new tokens are written at
+[cache_index, cache_index + T). Query t (slot cache_index + t) attends to slot s iff
+s <= cache_index + t and key_mask[b, s]. So left padding, prompts and generated tokens all use the
+same mask rule, and shapes stay static (one compile for prefill, one for the decode step).
+"""
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+from jax.ad_checkpoint import checkpoint_name
+
+from dsvl_jax.model.attention import dot_product_attention
+from dsvl_jax.model.config import ModelConfig
+from dsvl_jax.model.layers import RMSNorm, boxed, dense, dtype_of, repeat_blocks
+
+
+class KVCache(NamedTuple):
+    """Per-layer keys and values, stacked: k, v [L, B, S, K, D]."""
+    k: jax.Array
+    v: jax.Array
+
+
+def init_cache(cfg: ModelConfig, batch: int, slots: int) -> KVCache:
+    l = cfg.llm
+    shape = (l.layers, batch, slots, l.kv_heads, l.head_dim)
+    z = jnp.zeros(shape, dtype_of(cfg.dtype))
+    return KVCache(z, z)
+
+
+def rope(x: jax.Array, positions: jax.Array, theta: float) -> jax.Array:
+    """Rotate-half RoPE (HF LLaMA layout). x [B, T, H, D], positions [B, T]."""
+    d = x.shape[-1]
+    inv = 1.0 / (theta ** (jnp.arange(0, d, 2, dtype=jnp.float32) / d))
+    ang = positions.astype(jnp.float32)[..., None] * inv  # [B, T, D/2]
+    ang = jnp.concatenate([ang, ang], axis=-1)[:, :, None, :]
+    cos, sin = jnp.cos(ang).astype(x.dtype), jnp.sin(ang).astype(x.dtype)
+    x1, x2 = x[..., : d // 2], x[..., d // 2:]
+    return x * cos + jnp.concatenate([-x2, x1], axis=-1) * sin
+
+
+class DecoderBlock(nn.Module):
+    cfg: ModelConfig
+
+    @nn.compact
+    def __call__(self, x, layer_cache, positions, key_mask, cache_index):
+        l, dt, pdt = self.cfg.llm, dtype_of(self.cfg.dtype), dtype_of(self.cfg.param_dtype)
+        y = RMSNorm(l.rms_eps, dt, pdt, name="attn_norm")(x)
+        q = dense((l.heads, l.head_dim), ("embed", "heads", "head_dim"), use_bias=False, dtype=dt, param_dtype=pdt,
+                  name="q")(y)
+        k = dense((l.kv_heads, l.head_dim), ("embed", "kv_heads", "head_dim"), use_bias=False, dtype=dt,
+                  param_dtype=pdt, name="k")(y)
+        v = dense((l.kv_heads, l.head_dim), ("embed", "kv_heads", "head_dim"), use_bias=False, dtype=dt,
+                  param_dtype=pdt, name="v")(y)
+        q, k = rope(q, positions, l.rope_theta), rope(k, positions, l.rope_theta)
+        t = x.shape[1]
+        if layer_cache is not None:
+            ck, cv = layer_cache
+            k = jax.lax.dynamic_update_slice_in_dim(ck, k.astype(ck.dtype), cache_index, axis=1)
+            v = jax.lax.dynamic_update_slice_in_dim(cv, v.astype(cv.dtype), cache_index, axis=1)
+            new_cache = (k, v)
+        else:
+            new_cache = None
+        slots = k.shape[1]
+        q_slot = cache_index + jnp.arange(t)
+        mask = (jnp.arange(slots)[None, :] <= q_slot[:, None])[None, None] & key_mask[:, None, None, :]
+        a = dot_product_attention(q, k.astype(dt), v.astype(dt), mask=mask, impl=self.cfg.attention)
+        a = checkpoint_name(a, "attn_out")
+        x = x + dense(l.hidden, ("heads", "head_dim", "embed"), axis=(-2, -1), use_bias=False, dtype=dt,
+                      param_dtype=pdt, name="o")(a)
+        y = RMSNorm(l.rms_eps, dt, pdt, name="mlp_norm")(x)
+        gate = dense(l.mlp_dim, ("embed", "mlp"), use_bias=False, dtype=dt, param_dtype=pdt, name="gate")(y)
+        up = dense(l.mlp_dim, ("embed", "mlp"), use_bias=False, dtype=dt, param_dtype=pdt, name="up")(y)
+        x = x + dense(l.hidden, ("mlp", "embed"), use_bias=False, dtype=dt, param_dtype=pdt,
+                      name="down")(jax.nn.silu(gate) * up)
+        return x, new_cache
+
+
+class Decoder(nn.Module):
+    """Token embedding (+ spliced image embeddings) -> decoder blocks -> final norm -> output head."""
+    cfg: ModelConfig
+
+    @nn.compact
+    def __call__(self, ids: jax.Array, positions: jax.Array, key_mask: jax.Array, *,
+                 inject: jax.Array | None = None, inject_mask: jax.Array | None = None,
+                 cache: KVCache | None = None, cache_index: jax.Array | int = 0
+                 ) -> tuple[jax.Array, KVCache | None]:
+        """ids [B, T]; positions [B, T]; key_mask [B, S] bool (S = T without a cache).
+
+        inject [B, T, D] replaces the token embedding wherever inject_mask [B, T] is True (image
+        tokens). Returns (logits [B, T, V] in f32, updated cache or None).
+        """
+        l, dt, pdt = self.cfg.llm, dtype_of(self.cfg.dtype), dtype_of(self.cfg.param_dtype)
+        embedder = nn.Embed(l.vocab_size, l.hidden, param_dtype=pdt, dtype=dt, name="embed",
+                            embedding_init=boxed(nn.initializers.normal(0.02), ("vocab", "embed")))
+        x = embedder(ids)
+        if inject is not None:
+            x = jnp.where(inject_mask[..., None], inject.astype(dt), x)
+        xs = None if cache is None else (cache.k, cache.v)
+        x, new = repeat_blocks(DecoderBlock, l.layers, scan=self.cfg.scan_layers, remat_policy=self.cfg.remat_policy,
+                               name="blocks", num_broadcast=3, cfg=self.cfg)(
+            x, xs, positions, key_mask, jnp.asarray(cache_index, jnp.int32))
+        x = RMSNorm(l.rms_eps, dt, pdt, name="final_norm")(x)
+        if l.tie_embeddings:
+            logits = embedder.attend(x)
+        else:
+            logits = dense(l.vocab_size, ("embed", "vocab"), use_bias=False, dtype=dt, param_dtype=pdt,
+                           name="lm_head")(x)
+        return logits.astype(jnp.float32), (None if new is None else KVCache(*new))
