@@ -73,7 +73,7 @@ def _text(cfg: ModelConfig, input_ids, attention_mask, n_images: int):
 
 @functools.partial(jax.jit, static_argnames=("cfg",))
 def _forward(cfg, params, ids, positions, mask, pixels, high_pixels):
-    logits, _ = DeepseekVL(cfg).apply({"params": params}, ids, positions, mask.astype(bool), pixels=pixels,
+    logits, _ = DeepseekVL(cfg).apply({"params": params}, ids, positions, mask, pixels=pixels,
                                       high_pixels=high_pixels)
     return logits
 

@@ -26,18 +26,18 @@ def greedy_generate(cfg: ModelConfig, params, ids: jax.Array, mask: jax.Array, p
     """-> new token ids [B, max_new_tokens]; after EOS a row emits pad_id. eos_id < 0 disables EOS."""
     model = DeepseekVL(cfg)
     b, t = ids.shape
-    mask = mask.astype(bool)
-    key_mask = jnp.concatenate([mask, jnp.ones((b, max_new_tokens), bool)], axis=1)
+    mask = mask.astype(jnp.int32)
+    segments = jnp.concatenate([mask, jnp.ones((b, max_new_tokens), jnp.int32)], axis=1)
     pos = positions_from_mask(mask)
     cache = init_cache(cfg, b, t + max_new_tokens)
-    logits, cache = model.apply({"params": params}, ids, pos, key_mask, pixels=pixels, high_pixels=high_pixels,
+    logits, cache = model.apply({"params": params}, ids, pos, segments, pixels=pixels, high_pixels=high_pixels,
                                 cache=cache, cache_index=0)
     first = jnp.argmax(logits[:, -1], axis=-1).astype(jnp.int32)
     done = first == eos_id
 
     def step(carry, i):
         tok, p, cache, done = carry
-        lg, cache = model.apply({"params": params}, tok[:, None], p[:, None], key_mask, cache=cache,
+        lg, cache = model.apply({"params": params}, tok[:, None], p[:, None], segments, cache=cache,
                                 cache_index=t + i)
         nxt = jnp.argmax(lg[:, 0], axis=-1).astype(jnp.int32)
         nxt = jnp.where(done, pad_id, nxt)

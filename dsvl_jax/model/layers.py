@@ -26,16 +26,64 @@ def boxed(init: Callable, names: Sequence[str]) -> Callable:
     return nn.with_logical_partitioning(init, tuple(names))
 
 
+class DenseGeneral(nn.Module):
+    """y = x . kernel (+ bias) contracting `axis` of x with the leading kernel axes.
+
+    The kernel is created in its final shape [*in, *out] (no reshape inside the initializer), so its
+    logical names apply directly; flax's own DenseGeneral reshapes a boxed kernel and trips over
+    logical sharding constraints.
+    """
+    features: tuple[int, ...]
+    names: tuple[str, ...]
+    axis: tuple[int, ...] = (-1,)
+    use_bias: bool = True
+    dtype: Dtype = jnp.float32
+    param_dtype: Dtype = jnp.float32
+    init_std: float = 0.02
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        axis = tuple(a % x.ndim for a in self.axis)
+        in_shape = tuple(x.shape[a] for a in axis)
+        kernel = self.param("kernel", boxed(nn.initializers.normal(self.init_std), self.names),
+                            in_shape + self.features, self.param_dtype)
+        y = jax.lax.dot_general(x.astype(self.dtype), kernel.astype(self.dtype),
+                                ((axis, tuple(range(len(axis)))), ((), ())))
+        if self.use_bias:
+            bias = self.param("bias", boxed(nn.initializers.zeros_init(), self.names[len(axis):]), self.features,
+                              self.param_dtype)
+            y = y + bias.astype(self.dtype)
+        return y
+
+
+class Embed(nn.Module):
+    """Token embedding [vocab, embed]. The lookup reads a replicated copy of the table in the compute
+    dtype: a gather from a sharded table conflicts with batch-sharded outputs and the partitioner
+    would replicate it anyway, less predictably. `attend` is the tied output head (x . table^T)."""
+    vocab: int
+    dim: int
+    dtype: Dtype = jnp.float32
+    param_dtype: Dtype = jnp.float32
+
+    def setup(self):
+        self.embedding = self.param("embedding", boxed(nn.initializers.normal(0.02), ("vocab", "embed")),
+                                    (self.vocab, self.dim), self.param_dtype)
+
+    def __call__(self, ids: jax.Array) -> jax.Array:
+        table = nn.with_logical_constraint(self.embedding.astype(self.dtype), (None, None))
+        return jnp.take(table, ids, axis=0)
+
+    def attend(self, x: jax.Array) -> jax.Array:
+        return jnp.einsum("btd,vd->btv", x.astype(self.dtype), self.embedding.astype(self.dtype))
+
+
 def dense(features, names: Sequence[str], *, axis=-1, use_bias: bool = True, dtype=jnp.float32,
-          param_dtype=jnp.float32, init_std: float = 0.02, name: str | None = None) -> nn.DenseGeneral:
-    """DenseGeneral whose kernel is named `names` (input axes first) and bias the output axes."""
+          param_dtype=jnp.float32, init_std: float = 0.02, name: str | None = None) -> DenseGeneral:
+    """A DenseGeneral whose kernel is named `names` (input axes first, then output axes)."""
     features = tuple(features) if isinstance(features, (tuple, list)) else (features,)
-    n_out = len(features)
-    return nn.DenseGeneral(
-        features=features, axis=axis, use_bias=use_bias, dtype=dtype, param_dtype=param_dtype,
-        kernel_init=boxed(nn.initializers.normal(init_std), names),
-        bias_init=boxed(nn.initializers.zeros_init(), names[-n_out:]),
-        name=name)
+    axis = tuple(axis) if isinstance(axis, (tuple, list)) else (axis,)
+    return DenseGeneral(features=features, names=tuple(names), axis=axis, use_bias=use_bias, dtype=dtype,
+                        param_dtype=param_dtype, init_std=init_std, name=name)
 
 
 def layer_norm(axis_name: str, eps: float, dtype, param_dtype, name: str | None = None) -> nn.LayerNorm:

@@ -2,9 +2,10 @@
 
 One code path serves training, prefill and decoding. Keys live in "slots": without a cache the slots
 are the T input tokens; with a cache of S slots the T new tokens are written at
-[cache_index, cache_index + T). Query t (slot cache_index + t) attends to slot s iff
-s <= cache_index + t and key_mask[b, s]. So left padding, prompts and generated tokens all use the
-same mask rule, and shapes stay static (one compile for prefill, one for the decode step).
+[cache_index, cache_index + T). `segments` [B, S] labels every slot (0 = padding, 1.. = packed
+documents); query t (slot cache_index + t) attends to slot s iff s <= cache_index + t and the two
+segments are equal and non-zero. Left padding, packing, prompts and generated tokens all use this one
+rule, and shapes stay static (one compile for prefill, one for the decode step).
 """
 from __future__ import annotations
 
@@ -15,9 +16,9 @@ import jax
 import jax.numpy as jnp
 from jax.ad_checkpoint import checkpoint_name
 
-from dsvl_jax.model.attention import dot_product_attention
+from dsvl_jax.model.attention import causal_attention
 from dsvl_jax.model.config import ModelConfig
-from dsvl_jax.model.layers import RMSNorm, boxed, dense, dtype_of, repeat_blocks
+from dsvl_jax.model.layers import Embed, RMSNorm, boxed, dense, dtype_of, repeat_blocks
 
 
 class KVCache(NamedTuple):
@@ -48,8 +49,9 @@ class DecoderBlock(nn.Module):
     cfg: ModelConfig
 
     @nn.compact
-    def __call__(self, x, layer_cache, positions, key_mask, cache_index):
+    def __call__(self, x, layer_cache, positions, segments, cache_index):
         l, dt, pdt = self.cfg.llm, dtype_of(self.cfg.dtype), dtype_of(self.cfg.param_dtype)
+        x = nn.with_logical_constraint(x, ("act_batch", "act_len", "act_embed"))
         y = RMSNorm(l.rms_eps, dt, pdt, name="attn_norm")(x)
         q = dense((l.heads, l.head_dim), ("embed", "heads", "head_dim"), use_bias=False, dtype=dt, param_dtype=pdt,
                   name="q")(y)
@@ -64,12 +66,12 @@ class DecoderBlock(nn.Module):
             k = jax.lax.dynamic_update_slice_in_dim(ck, k.astype(ck.dtype), cache_index, axis=1)
             v = jax.lax.dynamic_update_slice_in_dim(cv, v.astype(cv.dtype), cache_index, axis=1)
             new_cache = (k, v)
+            q_segments = jax.lax.dynamic_slice_in_dim(segments, cache_index, t, axis=1)
+            offset = cache_index
         else:
-            new_cache = None
-        slots = k.shape[1]
-        q_slot = cache_index + jnp.arange(t)
-        mask = (jnp.arange(slots)[None, :] <= q_slot[:, None])[None, None] & key_mask[:, None, None, :]
-        a = dot_product_attention(q, k.astype(dt), v.astype(dt), mask=mask, impl=self.cfg.attention)
+            new_cache, q_segments, offset = None, segments, 0
+        a = causal_attention(q, k.astype(dt), v.astype(dt), q_segments=q_segments, kv_segments=segments,
+                             q_offset=offset, impl=self.cfg.attention)
         a = checkpoint_name(a, "attn_out")
         x = x + dense(l.hidden, ("heads", "head_dim", "embed"), axis=(-2, -1), use_bias=False, dtype=dt,
                       param_dtype=pdt, name="o")(a)
@@ -86,29 +88,33 @@ class Decoder(nn.Module):
     cfg: ModelConfig
 
     @nn.compact
-    def __call__(self, ids: jax.Array, positions: jax.Array, key_mask: jax.Array, *,
+    def __call__(self, ids: jax.Array, positions: jax.Array, segments: jax.Array, *,
                  inject: jax.Array | None = None, inject_mask: jax.Array | None = None,
                  cache: KVCache | None = None, cache_index: jax.Array | int = 0
                  ) -> tuple[jax.Array, KVCache | None]:
-        """ids [B, T]; positions [B, T]; key_mask [B, S] bool (S = T without a cache).
+        """ids [B, T]; positions [B, T]; segments [B, S] int, 0 = padding (S = T without a cache).
 
         inject [B, T, D] replaces the token embedding wherever inject_mask [B, T] is True (image
         tokens). Returns (logits [B, T, V] in f32, updated cache or None).
         """
         l, dt, pdt = self.cfg.llm, dtype_of(self.cfg.dtype), dtype_of(self.cfg.param_dtype)
-        embedder = nn.Embed(l.vocab_size, l.hidden, param_dtype=pdt, dtype=dt, name="embed",
-                            embedding_init=boxed(nn.initializers.normal(0.02), ("vocab", "embed")))
+        embedder = Embed(l.vocab_size, l.hidden, dtype=dt, param_dtype=pdt, name="embed")
         x = embedder(ids)
         if inject is not None:
-            x = jnp.where(inject_mask[..., None], inject.astype(dt), x)
+            inject = nn.with_logical_constraint(inject.astype(dt), ("act_batch", "act_len", "act_embed"))
+            x = jnp.where(inject_mask[..., None], inject, x)
+        x = nn.with_logical_constraint(x, ("act_batch", "act_len", "act_embed"))
         xs = None if cache is None else (cache.k, cache.v)
         x, new = repeat_blocks(DecoderBlock, l.layers, scan=self.cfg.scan_layers, remat_policy=self.cfg.remat_policy,
                                name="blocks", num_broadcast=3, cfg=self.cfg)(
-            x, xs, positions, key_mask, jnp.asarray(cache_index, jnp.int32))
+            x, xs, positions, segments.astype(jnp.int32),
+            None if cache is None else jnp.asarray(cache_index, jnp.int32))
         x = RMSNorm(l.rms_eps, dt, pdt, name="final_norm")(x)
+        x = nn.with_logical_constraint(x, ("act_batch", "act_len", "act_embed"))
         if l.tie_embeddings:
             logits = embedder.attend(x)
         else:
             logits = dense(l.vocab_size, ("embed", "vocab"), use_bias=False, dtype=dt, param_dtype=pdt,
                            name="lm_head")(x)
+        logits = nn.with_logical_constraint(logits, ("act_batch", "act_len", "act_vocab"))
         return logits.astype(jnp.float32), (None if new is None else KVCache(*new))

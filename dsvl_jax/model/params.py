@@ -20,7 +20,7 @@ def dummy_inputs(cfg: ModelConfig) -> dict[str, jax.Array]:
     n = cfg.num_image_tokens
     s = cfg.siglip.image_size
     ins = dict(ids=jnp.full((1, n), cfg.image_token_id, jnp.int32), positions=jnp.arange(n)[None],
-               key_mask=jnp.ones((1, n), bool), pixels=jnp.zeros((1, s, s, 3), jnp.float32))
+               segments=jnp.ones((1, n), jnp.int32), pixels=jnp.zeros((1, s, s, 3), jnp.float32))
     if cfg.hybrid:
         ins["high_pixels"] = jnp.zeros((1, cfg.sam.image_size, cfg.sam.image_size, 3), jnp.float32)
     return ins
@@ -28,7 +28,7 @@ def dummy_inputs(cfg: ModelConfig) -> dict[str, jax.Array]:
 
 def _init_boxed(cfg: ModelConfig, rng: jax.Array) -> Params:
     ins = dummy_inputs(cfg)
-    return DeepseekVL(cfg).init(rng, ins.pop("ids"), ins.pop("positions"), ins.pop("key_mask"), **ins)["params"]
+    return DeepseekVL(cfg).init(rng, ins.pop("ids"), ins.pop("positions"), ins.pop("segments"), **ins)["params"]
 
 
 def abstract_params(cfg: ModelConfig) -> Params:

@@ -1,7 +1,9 @@
 """DeepSeek-VL glue: towers -> adaptor -> image embeddings spliced into the LLM input.
 
-Images are a flat batch [N, ...] (several per sample allowed); the k-th run of
-`num_image_tokens` image-token positions in the row-major flattened [B, T] ids receives image k.
+Images come either as a flat batch [N, H, W, 3] (HF layout: the k-th run of `num_image_tokens`
+image-token positions in the row-major flattened [B, T] ids receives image k), or per sample
+[B, I, H, W, 3] (training layout: row b's image tokens take row b's images, so rows never borrow
+another row's images and micro-batches can be cut anywhere).
 """
 from __future__ import annotations
 
@@ -17,10 +19,17 @@ from dsvl_jax.model.siglip import SiglipEncoder
 
 
 def splice_indices(ids: jax.Array, image_token_id: int, num_features: int) -> tuple[jax.Array, jax.Array]:
-    """For each [B, T] position: (is_image mask, row index into the flat [num_features, D] features)."""
+    """Flat layout: for each [B, T] position, (is_image, index into the flat [num_features, D] features)."""
     is_image = ids == image_token_id
     idx = jnp.cumsum(is_image.reshape(-1)) - 1
     return is_image, jnp.clip(idx, 0, max(num_features - 1, 0)).reshape(ids.shape)
+
+
+def splice_rows(ids: jax.Array, image_token_id: int, per_row: int) -> tuple[jax.Array, jax.Array]:
+    """Per-sample layout: (is_image [B, T], index into that row's [per_row, D] features)."""
+    is_image = ids == image_token_id
+    idx = jnp.cumsum(is_image, axis=1) - 1
+    return is_image, jnp.clip(idx, 0, max(per_row - 1, 0))
 
 
 class DeepseekVL(nn.Module):
@@ -45,17 +54,27 @@ class DeepseekVL(nn.Module):
         f = self.towers(pixels, high_pixels)
         return self.adaptor(f["siglip"], f.get("sam"))
 
-    def __call__(self, ids: jax.Array, positions: jax.Array, key_mask: jax.Array, *,
+    def __call__(self, ids: jax.Array, positions: jax.Array, segments: jax.Array, *,
                  pixels: jax.Array | None = None, high_pixels: jax.Array | None = None,
                  image_embeds: jax.Array | None = None, cache: KVCache | None = None,
                  cache_index: jax.Array | int = 0) -> tuple[jax.Array, KVCache | None]:
-        """ids/positions [B, T], key_mask [B, S] -> (logits [B, T, V] f32, cache)."""
+        """ids/positions [B, T], segments [B, S] (0 = padding) -> (logits [B, T, V] f32, cache)."""
         inject = inject_mask = None
+        per_sample = pixels is not None and pixels.ndim == 5
         if image_embeds is None and pixels is not None:
-            image_embeds = self.encode_images(pixels, high_pixels)
-        if image_embeds is not None:
+            if per_sample:
+                b, i = pixels.shape[:2]
+                flat_hp = None if high_pixels is None else high_pixels.reshape(b * i, *high_pixels.shape[2:])
+                image_embeds = self.encode_images(pixels.reshape(b * i, *pixels.shape[2:]), flat_hp)
+                image_embeds = image_embeds.reshape(b, -1, image_embeds.shape[-1])  # [B, I*N, D]
+            else:
+                image_embeds = self.encode_images(pixels, high_pixels)
+        if image_embeds is not None and per_sample:
+            inject_mask, idx = splice_rows(ids, self.cfg.image_token_id, image_embeds.shape[1])
+            inject = jnp.take_along_axis(image_embeds, idx[..., None], axis=1)
+        elif image_embeds is not None:
             flat = image_embeds.reshape(-1, image_embeds.shape[-1])
             inject_mask, idx = splice_indices(ids, self.cfg.image_token_id, flat.shape[0])
             inject = flat[idx]
-        return self.llm(ids, positions, key_mask, inject=inject, inject_mask=inject_mask, cache=cache,
+        return self.llm(ids, positions, segments, inject=inject, inject_mask=inject_mask, cache=cache,
                         cache_index=cache_index)

@@ -83,7 +83,7 @@ def test_remat_policies_leave_values_and_grads_unchanged(tiny):
     pos = jnp.arange(ids.shape[1])[None]
 
     def loss(p, c):
-        logits, _ = DeepseekVL(c).apply({"params": p}, jnp.asarray(ids), pos, jnp.asarray(mask, bool),
+        logits, _ = DeepseekVL(c).apply({"params": p}, jnp.asarray(ids), pos, jnp.asarray(mask),
                                          pixels=jnp.asarray(px.transpose(0, 2, 3, 1)),
                                          high_pixels=jnp.asarray(hp.transpose(0, 2, 3, 1)))
         return jnp.mean(jax.nn.logsumexp(logits, -1))

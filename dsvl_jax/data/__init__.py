@@ -1,0 +1,1 @@
+"""Data: sources, preprocessing, mixture and batching (the grain pipeline lands with the data issue)."""

@@ -1,0 +1,71 @@
+"""Train state and its sharded, abstract-first creation.
+
+The state holds all parameters plus optimizer state for the trainable subset only (a flat
+{path: array} dict, so frozen parameters cost no optimizer memory). `jax.eval_shape` of the init gives
+the abstract state; its logical axis names (carried by flax's LogicallyPartitioned boxes through
+optax's init) become NamedShardings by parallel/rules.py; init then runs under jit with those
+out_shardings, so no host ever materialises the full state. The same abstract state is the restore
+target for checkpoints and the input of AOT compiles.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import flax.linen as nn
+import flax.struct
+import jax
+import jax.numpy as jnp
+from jax.sharding import Mesh
+
+from dsvl_jax.model.config import ModelConfig
+from dsvl_jax.model.params import _init_boxed, flatten
+from dsvl_jax.parallel.sharding import logical_to_shardings
+from dsvl_jax.train.optim import make_optimizer, trainable_paths
+from dsvl_jax.train.schedules import make_schedule
+
+
+@flax.struct.dataclass
+class TrainState:
+    step: jax.Array
+    params: Any      # nested dict, all parameters
+    opt_state: Any   # optax state over the trainable flat dict
+
+
+def split_trainable(params: Any, trainable: set[str]) -> tuple[dict, dict]:
+    flat = flatten(params)
+    return ({k: v for k, v in flat.items() if k in trainable}, {k: v for k, v in flat.items() if k not in trainable})
+
+
+class StateFactory:
+    """Everything derived once per run from (model cfg, train cfg, mesh, rules)."""
+
+    def __init__(self, cfg: ModelConfig, t, mesh: Mesh, rules):
+        self.cfg, self.t, self.mesh, self.rules = cfg, t, mesh, rules
+        self.tx = make_optimizer(t)
+        self.schedule = make_schedule(t)
+        key = jax.random.key(0)
+        params = nn.meta.unbox(jax.eval_shape(lambda r: _init_boxed(cfg, r), key))
+        self.trainable = trainable_paths(flatten(params).keys(), tuple(t.trainable))
+        abstract_boxed = jax.eval_shape(self._init_boxed, key)
+        self.abstract = nn.meta.unbox(abstract_boxed)
+        logical = nn.get_partition_spec(abstract_boxed)
+        self.shardings = logical_to_shardings(logical, self.abstract, mesh, rules)
+
+    def _init_boxed(self, rng) -> TrainState:
+        params = _init_boxed(self.cfg, rng)
+        train = {k: v for k, v in flatten(params).items() if k in self.trainable}
+        return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=self.tx.init(train))
+
+    def init(self, rng: jax.Array) -> TrainState:
+        """Random init, created directly sharded."""
+        fn = jax.jit(lambda r: nn.meta.unbox(self._init_boxed(r)), out_shardings=self.shardings)
+        with jax.set_mesh(self.mesh):
+            return fn(rng)
+
+    def from_params(self, params: Any) -> TrainState:
+        """A fresh state around given (e.g. imported) parameters, placed with the state shardings."""
+        params = jax.device_put(params, self.shardings.params)
+        train, _ = split_trainable(params, self.trainable)
+        opt = jax.jit(self.tx.init, out_shardings=self.shardings.opt_state)(train)
+        return TrainState(step=jax.device_put(jnp.zeros((), jnp.int32), self.shardings.step), params=params,
+                          opt_state=opt)

@@ -1,0 +1,121 @@
+"""The pure train step: next-token cross-entropy on masked targets, micro-batch gradient accumulation,
+global-norm clipping and AdamW over the trainable subset.
+
+Batch (global arrays, leading axis = sequences, sharded over the act_batch mesh axes):
+  ids, targets, positions, segments [B, T] int32; loss_mask [B, T] float32
+  pixels [B, I, S, S, 3], high_pixels [B, I, Sh, Sh, 3] (I images per sample; absent for text-only)
+Loss = (sum of token CE + z_loss * logZ^2 over loss_mask) / (number of loss tokens in the whole batch),
+so accumulation over micro-batches is exactly the full-batch gradient.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import optax
+
+from dsvl_jax.model.config import ModelConfig
+from dsvl_jax.model.params import unflatten
+from dsvl_jax.model.vlm import DeepseekVL
+from dsvl_jax.parallel.sharding import batch_sharding
+from dsvl_jax.train.state import StateFactory, TrainState, split_trainable
+
+BATCH_KEYS = ("ids", "targets", "positions", "segments", "loss_mask")
+
+
+def token_losses(logits: jax.Array, targets: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """Per-token cross-entropy and log-partition, f32. logits [B, T, V], targets [B, T]."""
+    logits = logits.astype(jnp.float32)
+    logz = jax.nn.logsumexp(logits, axis=-1)
+    picked = jnp.take_along_axis(logits, targets[..., None], axis=-1)[..., 0]
+    return logz - picked, logz
+
+
+def _forward(cfg: ModelConfig, params: Any, mb: dict) -> jax.Array:
+    return DeepseekVL(cfg).apply({"params": params}, mb["ids"], mb["positions"], mb["segments"],
+                                 pixels=mb.get("pixels"), high_pixels=mb.get("high_pixels"))[0]
+
+
+def loss_sums(train: dict, frozen: dict, mb: dict, cfg: ModelConfig, z_loss: float):
+    """(sum of weighted loss, aux sums) for one micro-batch."""
+    logits = _forward(cfg, unflatten({**train, **frozen}), mb)
+    ce, logz = token_losses(logits, mb["targets"])
+    w = mb["loss_mask"].astype(jnp.float32)
+    ce_sum, z_sum = jnp.sum(ce * w), jnp.sum(jnp.square(logz) * w)
+    return ce_sum + z_loss * z_sum, {"ce_sum": ce_sum, "z_sum": z_sum}
+
+
+def _microbatches(batch: dict, m: int) -> dict:
+    """[B, ...] -> [M, B/M, ...] taking rows j*M + i into micro-batch i, so every device keeps its own rows."""
+    def split(x):
+        x = x.reshape(x.shape[0] // m, m, *x.shape[1:]).swapaxes(0, 1)
+        return nn.with_logical_constraint(x, (None, "act_batch") + (None,) * (x.ndim - 2))
+    return jax.tree.map(split, batch)
+
+
+def train_step(state: TrainState, batch: dict, *, cfg: ModelConfig, t, tx: optax.GradientTransformation,
+               schedule: optax.Schedule, trainable: frozenset[str]) -> tuple[TrainState, dict]:
+    train, frozen = split_trainable(state.params, trainable)
+    total = jnp.maximum(jnp.sum(batch["loss_mask"].astype(jnp.float32)), 1.0)
+    grad_fn = jax.grad(loss_sums, has_aux=True)
+    m = int(t.microbatches)
+    if m == 1:
+        grads, aux = grad_fn(train, frozen, batch, cfg, t.z_loss)
+    else:
+        def body(acc, mb):
+            g, a = grad_fn(train, frozen, mb, cfg, t.z_loss)
+            return jax.tree.map(jnp.add, acc, (g, a)), None
+        zeros = (jax.tree.map(jnp.zeros_like, train), {"ce_sum": jnp.zeros(()), "z_sum": jnp.zeros(())})
+        (grads, aux), _ = jax.lax.scan(body, zeros, _microbatches(batch, m))
+    grads = jax.tree.map(lambda g: g / total, grads)
+    gnorm = optax.global_norm(grads)
+    updates, opt_state = tx.update(grads, state.opt_state, train)
+    train = optax.apply_updates(train, updates)
+    params = unflatten({**train, **frozen})
+    lr = schedule(state.step)
+    metrics = {"loss": aux["ce_sum"] / total, "z_loss": aux["z_sum"] / total, "grad_norm": gnorm,
+               "tokens": total, "learning_rate": lr}
+    return TrainState(step=state.step + 1, params=params, opt_state=opt_state), metrics
+
+
+def batch_shardings(factory: StateFactory, batch_like: dict) -> dict:
+    return {k: batch_sharding(factory.mesh, factory.rules, v.ndim) for k, v in batch_like.items()}
+
+
+class CompiledStep:
+    """The jitted step with explicit in/out shardings and the state donated; enters the mesh and rule
+    contexts around every call so logical constraints resolve. `compiles` counts traces (must stay 1
+    per batch signature)."""
+
+    def __init__(self, factory: StateFactory):
+        self.factory = factory
+        self.compiles = 0
+
+        def step(state, batch):
+            self.compiles += 1
+            return train_step(state, batch, cfg=factory.cfg, t=factory.t, tx=factory.tx, schedule=factory.schedule,
+                              trainable=frozenset(factory.trainable))
+
+        self._step = step
+        self._jitted: dict = {}
+
+    def _jit(self, batch: dict):
+        sig = tuple(sorted((k, v.shape) for k, v in batch.items()))
+        if sig not in self._jitted:
+            rep = jax.sharding.NamedSharding(self.factory.mesh, jax.sharding.PartitionSpec())
+            self._jitted[sig] = jax.jit(self._step, in_shardings=(self.factory.shardings,
+                                                                   batch_shardings(self.factory, batch)),
+                                        out_shardings=(self.factory.shardings, rep), donate_argnums=0)
+        return self._jitted[sig]
+
+    def __call__(self, state: TrainState, batch: dict) -> tuple[TrainState, dict]:
+        fn = self._jit(batch)
+        with jax.set_mesh(self.factory.mesh), nn.logical_axis_rules(self.factory.rules):
+            return fn(state, batch)
+
+    def lower(self, state_like, batch_like):
+        fn = self._jit(batch_like)
+        with jax.set_mesh(self.factory.mesh), nn.logical_axis_rules(self.factory.rules):
+            return fn.lower(state_like, batch_like)
