@@ -15,6 +15,7 @@ def parallel_defaults() -> ml_collections.ConfigDict:
     p.ici = dict(data=1, fsdp=-1, tensor=1)  # FSDP over every device by default
     p.dcn = dict(data=-1, fsdp=1, tensor=1)  # slices are data-parallel by default
     p.rules_override = ml_collections.ConfigDict()
+    p.replicate_max_elems = 1 << 20  # a fully replicated parameter above this is a sharding bug
     p.coordinator_address = ""  # multi-host: "host:port"; empty = auto (TPU) or single process
     p.num_processes = 0
     p.process_id = -1

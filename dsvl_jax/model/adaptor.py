@@ -21,11 +21,11 @@ class Adaptor(nn.Module):
     def __call__(self, low: jax.Array, high: jax.Array | None = None) -> jax.Array:
         dt, pdt, d = dtype_of(self.cfg.dtype), dtype_of(self.cfg.param_dtype), self.cfg.llm.hidden
         if self.cfg.adaptor.kind == "mlp":
-            x = dense(d, ("vit_embed", "embed"), dtype=dt, param_dtype=pdt, name="fc1")(low)
+            x = dense(d, ("vit_embed", "mlp"), dtype=dt, param_dtype=pdt, name="fc1")(low)
         else:
             if high is None:
                 raise ValueError("model.adaptor.kind='hybrid_split_mlp' needs high-res (SAM) features")
-            h = dense(d // 2, ("vit_embed", "embed"), dtype=dt, param_dtype=pdt, name="high_up")(high)
-            l = dense(d // 2, ("vit_embed", "embed"), dtype=dt, param_dtype=pdt, name="low_up")(low)
+            h = dense(d // 2, ("vit_embed", "mlp"), dtype=dt, param_dtype=pdt, name="high_up")(high)
+            l = dense(d // 2, ("vit_embed", "mlp"), dtype=dt, param_dtype=pdt, name="low_up")(low)
             x = jnp.concatenate([h, l], axis=-1)
         return dense(d, ("mlp", "embed"), dtype=dt, param_dtype=pdt, name="fc2")(gelu(x))

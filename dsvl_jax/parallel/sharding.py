@@ -44,15 +44,40 @@ def spec_for(names: Sequence[str | None], shape: Sequence[int], mesh: Mesh, rule
     return P(*out)
 
 
-def logical_to_shardings(logical: Any, abstract: Any, mesh: Mesh, rules: Sequence[Rule]) -> Any:
-    """Tree of logical PartitionSpecs + matching abstract arrays -> tree of NamedShardings."""
+def logical_to_specs(logical: Any, abstract: Any, mesh, rules: Sequence[Rule]) -> Any:
+    """Tree of logical PartitionSpecs + matching abstract arrays -> tree of mesh PartitionSpecs.
+
+    Works with an AbstractMesh too (golden sharding dumps of pod topologies on a CPU box)."""
     paths = {jax.tree_util.keystr(k): v for k, v in jax.tree_util.tree_leaves_with_path(abstract)}
 
     def one(path, names):
         where = jax.tree_util.keystr(path)
-        return NamedSharding(mesh, spec_for(tuple(names), paths[where].shape, mesh, rules, where))
+        return spec_for(tuple(names), paths[where].shape, mesh, rules, where)
 
     return jax.tree_util.tree_map_with_path(one, logical, is_leaf=lambda x: isinstance(x, P))
+
+
+def logical_to_shardings(logical: Any, abstract: Any, mesh: Mesh, rules: Sequence[Rule]) -> Any:
+    """Tree of logical PartitionSpecs + matching abstract arrays -> tree of NamedShardings."""
+    specs = logical_to_specs(logical, abstract, mesh, rules)
+    return jax.tree.map(lambda s: NamedSharding(mesh, s), specs, is_leaf=lambda x: isinstance(x, P))
+
+
+def check_replication(specs: Any, abstract: Any, mesh, max_elems: int) -> None:
+    """Refuse a layout that fully replicates any parameter above `max_elems` elements while the mesh
+    has model-parallel axes (fsdp/tensor > 1): that is a missing or wrong rule, not a choice."""
+    if math.prod(mesh.shape[a] for a in ("fsdp", "tensor")) == 1:
+        return
+    big = []
+    for (path, spec), leaf in zip(jax.tree_util.tree_leaves_with_path(specs, is_leaf=lambda x: isinstance(x, P)),
+                                  jax.tree.leaves(abstract)):
+        n = math.prod(leaf.shape)
+        if n > max_elems and all(a is None for a in spec):
+            big.append(f"{jax.tree_util.keystr(path)} {tuple(leaf.shape)}")
+    if big:
+        raise ShardingError(f"{len(big)} parameter(s) above parallel.replicate_max_elems={max_elems} would be "
+                            f"fully replicated on mesh {dict(mesh.shape)}: {big[:8]}; fix parallel/rules.py "
+                            f"or parallel.rules_override")
 
 
 def batch_sharding(mesh: Mesh, rules: Sequence[Rule], ndim: int) -> NamedSharding:

@@ -19,7 +19,7 @@ from jax.sharding import Mesh
 
 from dsvl_jax.model.config import ModelConfig
 from dsvl_jax.model.params import _init_boxed, flatten
-from dsvl_jax.parallel.sharding import logical_to_shardings
+from dsvl_jax.parallel.sharding import check_replication, logical_to_shardings
 from dsvl_jax.train.optim import make_optimizer, trainable_paths
 from dsvl_jax.train.schedules import make_schedule
 
@@ -39,7 +39,7 @@ def split_trainable(params: Any, trainable: set[str]) -> tuple[dict, dict]:
 class StateFactory:
     """Everything derived once per run from (model cfg, train cfg, mesh, rules)."""
 
-    def __init__(self, cfg: ModelConfig, t, mesh: Mesh, rules):
+    def __init__(self, cfg: ModelConfig, t, mesh: Mesh, rules, replicate_max_elems: int = 1 << 20):
         self.cfg, self.t, self.mesh, self.rules = cfg, t, mesh, rules
         self.tx = make_optimizer(t)
         self.schedule = make_schedule(t)
@@ -50,6 +50,8 @@ class StateFactory:
         self.abstract = nn.meta.unbox(abstract_boxed)
         logical = nn.get_partition_spec(abstract_boxed)
         self.shardings = logical_to_shardings(logical, self.abstract, mesh, rules)
+        check_replication(jax.tree.map(lambda s: s.spec, self.shardings.params), self.abstract.params, mesh,
+                          replicate_max_elems)
 
     def _init_boxed(self, rng) -> TrainState:
         params = _init_boxed(self.cfg, rng)

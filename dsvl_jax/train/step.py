@@ -20,6 +20,7 @@ from dsvl_jax.model.config import ModelConfig
 from dsvl_jax.model.params import unflatten
 from dsvl_jax.model.vlm import DeepseekVL
 from dsvl_jax.parallel.sharding import batch_sharding
+from dsvl_jax.train.loss import cross_entropy
 from dsvl_jax.train.state import StateFactory, TrainState, split_trainable
 
 BATCH_KEYS = ("ids", "targets", "positions", "segments", "loss_mask")
@@ -27,10 +28,7 @@ BATCH_KEYS = ("ids", "targets", "positions", "segments", "loss_mask")
 
 def token_losses(logits: jax.Array, targets: jax.Array) -> tuple[jax.Array, jax.Array]:
     """Per-token cross-entropy and log-partition, f32. logits [B, T, V], targets [B, T]."""
-    logits = logits.astype(jnp.float32)
-    logz = jax.nn.logsumexp(logits, axis=-1)
-    picked = jnp.take_along_axis(logits, targets[..., None], axis=-1)[..., 0]
-    return logz - picked, logz
+    return cross_entropy(logits, targets)
 
 
 def _forward(cfg: ModelConfig, params: Any, mb: dict) -> jax.Array:
@@ -69,8 +67,12 @@ def train_step(state: TrainState, batch: dict, *, cfg: ModelConfig, t, tx: optax
             return jax.tree.map(jnp.add, acc, (g, a)), None
         zeros = (jax.tree.map(jnp.zeros_like, train), {"ce_sum": jnp.zeros(()), "z_sum": jnp.zeros(())})
         (grads, aux), _ = jax.lax.scan(body, zeros, _microbatches(batch, m))
-    grads = jax.tree.map(lambda g: g / total, grads)
-    gnorm = optax.global_norm(grads)
+    gnorm = optax.global_norm(grads) / total
+    # Normalise by the token count and clip to train.clip_norm in one scale (fused into the update).
+    scale = 1.0 / total
+    if t.clip_norm > 0:
+        scale = scale * jnp.minimum(1.0, t.clip_norm / jnp.maximum(gnorm, 1e-12))
+    grads = jax.tree.map(lambda g: g * scale, grads)
     updates, opt_state = tx.update(grads, state.opt_state, train)
     train = optax.apply_updates(train, updates)
     params = unflatten({**train, **frozen})
