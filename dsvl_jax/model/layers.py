@@ -89,6 +89,14 @@ def dense(features, names: Sequence[str], *, axis=-1, use_bias: bool = True, dty
                         param_dtype=param_dtype, init_std=init_std, name=name)
 
 
+def patch_embed(width: int, patch: int, dtype, param_dtype) -> nn.Conv:
+    """Non-overlapping patch x patch conv with bias: NHWC pixels -> [B, H/p, W/p, width]."""
+    return nn.Conv(width, (patch, patch), strides=(patch, patch), padding="VALID", dtype=dtype,
+                   param_dtype=param_dtype,
+                   kernel_init=boxed(nn.initializers.lecun_normal(), ("conv_h", "conv_w", "conv_in", "vit_embed")),
+                   bias_init=boxed(nn.initializers.zeros_init(), ("vit_embed",)), name="patch_embed")
+
+
 def layer_norm(axis_name: str, eps: float, dtype, param_dtype, name: str | None = None) -> nn.LayerNorm:
     """LayerNorm with statistics in f32 (torch's LayerNorm does the same for half inputs)."""
     return nn.LayerNorm(epsilon=eps, dtype=dtype, param_dtype=param_dtype, use_fast_variance=False,

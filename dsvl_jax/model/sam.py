@@ -14,7 +14,7 @@ import jax.numpy as jnp
 
 from dsvl_jax.model.attention import dot_product_attention
 from dsvl_jax.model.config import ModelConfig
-from dsvl_jax.model.layers import boxed, dense, dtype_of, gelu, layer_norm, maybe_remat
+from dsvl_jax.model.layers import boxed, dense, dtype_of, gelu, layer_norm, maybe_remat, patch_embed
 
 
 def window_partition(x: jax.Array, ws: int) -> tuple[jax.Array, tuple[int, int]]:
@@ -129,11 +129,7 @@ class SamEncoder(nn.Module):
     @nn.compact
     def __call__(self, pixels: jax.Array) -> jax.Array:
         c, dt, pdt = self.cfg.sam, dtype_of(self.cfg.dtype), dtype_of(self.cfg.param_dtype)
-        x = nn.Conv(c.width, (c.patch_size, c.patch_size), strides=(c.patch_size, c.patch_size), padding="VALID",
-                    dtype=dt, param_dtype=pdt,
-                    kernel_init=boxed(nn.initializers.lecun_normal(), ("conv_h", "conv_w", "conv_in", "vit_embed")),
-                    bias_init=boxed(nn.initializers.zeros_init(), ("vit_embed",)),
-                    name="patch_embed")(pixels.astype(dt))
+        x = patch_embed(c.width, c.patch_size, dt, pdt)(pixels.astype(dt))
         pos = self.param("pos_embed", boxed(nn.initializers.normal(0.02), ("pos", "pos_w", "vit_embed")),
                          (c.grid, c.grid, c.width), pdt)
         x = x + pos.astype(dt)[None]

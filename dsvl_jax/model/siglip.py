@@ -11,7 +11,7 @@ import jax.numpy as jnp
 
 from dsvl_jax.model.attention import dot_product_attention
 from dsvl_jax.model.config import ModelConfig
-from dsvl_jax.model.layers import boxed, dense, dtype_of, gelu, layer_norm, repeat_blocks
+from dsvl_jax.model.layers import boxed, dense, dtype_of, gelu, layer_norm, patch_embed, repeat_blocks
 
 
 class ViTBlock(nn.Module):
@@ -40,11 +40,7 @@ class SiglipEncoder(nn.Module):
     @nn.compact
     def __call__(self, pixels: jax.Array) -> jax.Array:
         c, dt, pdt = self.cfg.siglip, dtype_of(self.cfg.dtype), dtype_of(self.cfg.param_dtype)
-        x = nn.Conv(c.width, (c.patch_size, c.patch_size), strides=(c.patch_size, c.patch_size), padding="VALID",
-                    dtype=dt, param_dtype=pdt,
-                    kernel_init=boxed(nn.initializers.lecun_normal(), ("conv_h", "conv_w", "conv_in", "vit_embed")),
-                    bias_init=boxed(nn.initializers.zeros_init(), ("vit_embed",)),
-                    name="patch_embed")(pixels.astype(dt))
+        x = patch_embed(c.width, c.patch_size, dt, pdt)(pixels.astype(dt))
         b, gh, gw, w = x.shape
         x = x.reshape(b, gh * gw, w)
         pos = self.param("pos_embed", boxed(nn.initializers.normal(0.02), ("pos", "vit_embed")),
