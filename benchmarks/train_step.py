@@ -31,6 +31,7 @@ SMALL = dict(
     image_token_id=31999,
 )
 BATCH, SEQ = 4, 256
+LOSS_CHUNK = 1024  # = the whole micro-batch: head + CE fused (train/loss.py), no [B, T, V] logits
 SCAN = False  # XLA:CPU runs the unrolled layers ~10% faster than the scanned loop at this size (measured)
 ALL = ("siglip", "sam_trunk", "sam_adaptor", "adaptor", "llm")
 
@@ -70,6 +71,7 @@ def jax_step_time(dtype: str, steps: int) -> tuple[float, float, int]:
     c.model.scan_layers = SCAN
     c.train.trainable = ALL
     c.train.warmup_steps = 0
+    c.train.loss_chunk = LOSS_CHUNK
     c.parallel.ici = dict(data=1, fsdp=1, tensor=1)
     cfg = model_config_from_dict(c.model)
     f = StateFactory(cfg, c.train, build_mesh(c.parallel, jax.devices()[:1]), rules_from_config(None))
@@ -132,12 +134,13 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=4)
     ap.add_argument("--seq", type=int, default=256)
     ap.add_argument("--scan", action="store_true", help="scan over layers (default: unrolled)")
+    ap.add_argument("--loss-chunk", type=int, default=1024, help="train.loss_chunk (0: materialise logits)")
     args = ap.parse_args()
-    global BATCH, SEQ, SCAN
-    BATCH, SEQ, SCAN = args.batch, args.seq, args.scan
+    global BATCH, SEQ, SCAN, LOSS_CHUNK
+    BATCH, SEQ, SCAN, LOSS_CHUNK = args.batch, args.seq, args.scan, args.loss_chunk
     import jax
     toks = BATCH * SEQ
-    res: dict = {"config": "small", "batch": BATCH, "seq_len": SEQ, "scan_layers": SCAN, "device": jax.devices()[0].device_kind,
+    res: dict = {"config": "small", "batch": BATCH, "seq_len": SEQ, "scan_layers": SCAN, "loss_chunk": LOSS_CHUNK, "device": jax.devices()[0].device_kind,
                  "backend": jax.default_backend(), "cpu": platform.processor() or platform.machine(),
                  "cores": os.cpu_count()}
     from dsvl_jax.train.metrics import peak_flops_per_device

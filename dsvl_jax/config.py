@@ -43,6 +43,7 @@ def train_defaults() -> ml_collections.ConfigDict:
     t.weight_decay = 0.0
     t.clip_norm = 1.0
     t.z_loss = 0.0
+    t.loss_chunk = 0           # >0: output head + CE fused over this many tokens at a time (no [B,T,V] logits)
     t.seed = 0
     t.peak_flops_per_device = 0.0  # 0 = look up the device kind (train/metrics.py) or measure on CPU
     return t

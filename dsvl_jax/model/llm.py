@@ -90,12 +90,14 @@ class Decoder(nn.Module):
     @nn.compact
     def __call__(self, ids: jax.Array, positions: jax.Array, segments: jax.Array, *,
                  inject: jax.Array | None = None, inject_mask: jax.Array | None = None,
-                 cache: KVCache | None = None, cache_index: jax.Array | int = 0
+                 cache: KVCache | None = None, cache_index: jax.Array | int = 0, output: str = "logits"
                  ) -> tuple[jax.Array, KVCache | None]:
         """ids [B, T]; positions [B, T]; segments [B, S] int, 0 = padding (S = T without a cache).
 
         inject [B, T, D] replaces the token embedding wherever inject_mask [B, T] is True (image
-        tokens). Returns (logits [B, T, V] in f32, updated cache or None).
+        tokens). Returns (logits [B, T, V] in f32, updated cache or None); with output="hidden" the
+        final-normed hidden states [B, T, D] instead, for a loss that applies the head itself
+        (train/loss.py: chunked head + cross-entropy, never materialising [B, T, V]).
         """
         l, dt, pdt = self.cfg.llm, dtype_of(self.cfg.dtype), dtype_of(self.cfg.param_dtype)
         embedder = Embed(l.vocab_size, l.hidden, dtype=dt, param_dtype=pdt, name="embed")
@@ -111,6 +113,8 @@ class Decoder(nn.Module):
             None if cache is None else jnp.asarray(cache_index, jnp.int32))
         x = RMSNorm(l.rms_eps, dt, pdt, name="final_norm")(x)
         x = nn.with_logical_constraint(x, ("act_batch", "act_len", "act_embed"))
+        if output == "hidden":
+            return x, (None if new is None else KVCache(*new))
         if l.tie_embeddings:
             logits = embedder.attend(x)
         else:

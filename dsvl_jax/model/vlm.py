@@ -57,7 +57,7 @@ class DeepseekVL(nn.Module):
     def __call__(self, ids: jax.Array, positions: jax.Array, segments: jax.Array, *,
                  pixels: jax.Array | None = None, high_pixels: jax.Array | None = None,
                  image_embeds: jax.Array | None = None, cache: KVCache | None = None,
-                 cache_index: jax.Array | int = 0) -> tuple[jax.Array, KVCache | None]:
+                 cache_index: jax.Array | int = 0, output: str = "logits") -> tuple[jax.Array, KVCache | None]:
         """ids/positions [B, T], segments [B, S] (0 = padding) -> (logits [B, T, V] f32, cache)."""
         inject = inject_mask = None
         per_sample = pixels is not None and pixels.ndim == 5
@@ -77,4 +77,4 @@ class DeepseekVL(nn.Module):
             inject_mask, idx = splice_indices(ids, self.cfg.image_token_id, flat.shape[0])
             inject = flat[idx]
         return self.llm(ids, positions, segments, inject=inject, inject_mask=inject_mask, cache=cache,
-                        cache_index=cache_index)
+                        cache_index=cache_index, output=output)

@@ -20,7 +20,7 @@ from dsvl_jax.model.config import ModelConfig
 from dsvl_jax.model.params import unflatten
 from dsvl_jax.model.vlm import DeepseekVL
 from dsvl_jax.parallel.sharding import batch_sharding
-from dsvl_jax.train.loss import cross_entropy
+from dsvl_jax.train.loss import cross_entropy, head_cross_entropy, head_weight
 from dsvl_jax.train.state import StateFactory, TrainState, split_trainable
 
 BATCH_KEYS = ("ids", "targets", "positions", "segments", "loss_mask")
@@ -31,15 +31,28 @@ def token_losses(logits: jax.Array, targets: jax.Array) -> tuple[jax.Array, jax.
     return cross_entropy(logits, targets)
 
 
-def _forward(cfg: ModelConfig, params: Any, mb: dict) -> jax.Array:
+def _forward(cfg: ModelConfig, params: Any, mb: dict, output: str = "logits") -> jax.Array:
     return DeepseekVL(cfg).apply({"params": params}, mb["ids"], mb["positions"], mb["segments"],
-                                 pixels=mb.get("pixels"), high_pixels=mb.get("high_pixels"))[0]
+                                 pixels=mb.get("pixels"), high_pixels=mb.get("high_pixels"), output=output)[0]
 
 
-def loss_sums(train: dict, frozen: dict, mb: dict, cfg: ModelConfig, z_loss: float):
-    """(sum of weighted loss, aux sums) for one micro-batch."""
-    logits = _forward(cfg, unflatten({**train, **frozen}), mb)
-    ce, logz = token_losses(logits, mb["targets"])
+def loss_sums(train: dict, frozen: dict, mb: dict, cfg: ModelConfig, z_loss: float, loss_chunk: int = 0):
+    """(sum of weighted loss, aux sums) for one micro-batch.
+
+    loss_chunk > 0 applies the output head inside the loss, `loss_chunk` tokens at a time
+    (train/loss.py:head_cross_entropy); 0 materialises the [B, T, V] logits.
+    """
+    params = unflatten({**train, **frozen})
+    if loss_chunk:
+        h = _forward(cfg, params, mb, output="hidden")
+        n = h.shape[0] * h.shape[1]
+        if n % loss_chunk:
+            raise ValueError(f"train.loss_chunk={loss_chunk} must divide the tokens per micro-batch ({n})")
+        w = head_weight(params, cfg.llm.tie_embeddings).astype(h.dtype)
+        ce, logz = head_cross_entropy(h.reshape(n, -1), w, mb["targets"].reshape(n), loss_chunk)
+        ce, logz = ce.reshape(mb["targets"].shape), logz.reshape(mb["targets"].shape)
+    else:
+        ce, logz = token_losses(_forward(cfg, params, mb), mb["targets"])
     w = mb["loss_mask"].astype(jnp.float32)
     ce_sum, z_sum = jnp.sum(ce * w), jnp.sum(jnp.square(logz) * w)
     return ce_sum + z_loss * z_sum, {"ce_sum": ce_sum, "z_sum": z_sum}
@@ -58,12 +71,12 @@ def train_step(state: TrainState, batch: dict, *, cfg: ModelConfig, t, tx: optax
     train, frozen = split_trainable(state.params, trainable)
     total = jnp.maximum(jnp.sum(batch["loss_mask"].astype(jnp.float32)), 1.0)
     grad_fn = jax.grad(loss_sums, has_aux=True)
-    m = int(t.microbatches)
+    m, chunk = int(t.microbatches), int(t.loss_chunk)
     if m == 1:
-        grads, aux = grad_fn(train, frozen, batch, cfg, t.z_loss)
+        grads, aux = grad_fn(train, frozen, batch, cfg, t.z_loss, chunk)
     else:
         def body(acc, mb):
-            g, a = grad_fn(train, frozen, mb, cfg, t.z_loss)
+            g, a = grad_fn(train, frozen, mb, cfg, t.z_loss, chunk)
             return jax.tree.map(jnp.add, acc, (g, a)), None
         zeros = (jax.tree.map(jnp.zeros_like, train), {"ce_sum": jnp.zeros(()), "z_sum": jnp.zeros(())})
         (grads, aux), _ = jax.lax.scan(body, zeros, _microbatches(batch, m))
