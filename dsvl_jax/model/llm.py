@@ -35,14 +35,17 @@ def init_cache(cfg: ModelConfig, batch: int, slots: int) -> KVCache:
 
 
 def rope(x: jax.Array, positions: jax.Array, theta: float) -> jax.Array:
-    """Rotate-half RoPE (HF LLaMA layout). x [B, T, H, D], positions [B, T]."""
+    """Rotate-half RoPE (HF LLaMA layout). x [B, T, H, D], positions [B, T].
+
+    Written as two half-width products and one concat (not x*cos + rotate_half(x)*sin), which halves the
+    concat/pad work in the backward pass.
+    """
     d = x.shape[-1]
     inv = 1.0 / (theta ** (jnp.arange(0, d, 2, dtype=jnp.float32) / d))
-    ang = positions.astype(jnp.float32)[..., None] * inv  # [B, T, D/2]
-    ang = jnp.concatenate([ang, ang], axis=-1)[:, :, None, :]
+    ang = (positions.astype(jnp.float32)[..., None] * inv)[:, :, None, :]  # [B, T, 1, D/2]
     cos, sin = jnp.cos(ang).astype(x.dtype), jnp.sin(ang).astype(x.dtype)
     x1, x2 = x[..., : d // 2], x[..., d // 2:]
-    return x * cos + jnp.concatenate([-x2, x1], axis=-1) * sin
+    return jnp.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], axis=-1)
 
 
 class DecoderBlock(nn.Module):
