@@ -26,25 +26,26 @@ def dummy_inputs(cfg: ModelConfig) -> dict[str, jax.Array]:
     return ins
 
 
-def _init_boxed(cfg: ModelConfig, rng: jax.Array) -> Params:
+def init_boxed(cfg: ModelConfig, rng: jax.Array) -> Params:
+    """Parameters as flax LogicallyPartitioned boxes (values + logical axis names); trace it, don't keep it."""
     ins = dummy_inputs(cfg)
     return DeepseekVL(cfg).init(rng, ins.pop("ids"), ins.pop("positions"), ins.pop("segments"), **ins)["params"]
 
 
 def abstract_params(cfg: ModelConfig) -> Params:
     """ShapeDtypeStructs of every parameter, no allocation (jax.eval_shape)."""
-    return nn.meta.unbox(jax.eval_shape(lambda r: _init_boxed(cfg, r), jax.random.key(0)))
+    return nn.meta.unbox(jax.eval_shape(lambda r: init_boxed(cfg, r), jax.random.key(0)))
 
 
 def logical_axes(cfg: ModelConfig) -> Params:
     """The logical axis names of every parameter (a PartitionSpec of names), same tree as params."""
-    return nn.get_partition_spec(jax.eval_shape(lambda r: _init_boxed(cfg, r), jax.random.key(0)))
+    return nn.get_partition_spec(jax.eval_shape(lambda r: init_boxed(cfg, r), jax.random.key(0)))
 
 
 def init_params(cfg: ModelConfig, rng: jax.Array | int = 0) -> Params:
     """Random parameters (plain arrays). For sharded init see parallel/ (jit with out_shardings)."""
     rng = jax.random.key(rng) if isinstance(rng, int) else rng
-    return nn.meta.unbox(jax.jit(lambda r: _init_boxed(cfg, r))(rng))
+    return nn.meta.unbox(jax.jit(lambda r: init_boxed(cfg, r))(rng))
 
 
 def flatten(tree: Params, sep: str = "/") -> dict[str, Any]:

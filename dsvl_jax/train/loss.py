@@ -18,19 +18,28 @@ def cross_entropy(logits: jax.Array, targets: jax.Array) -> tuple[jax.Array, jax
     return _fwd(logits, targets)[0]
 
 
+def _ce_terms(logits: jax.Array, targets: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """f32 logits [..., V] -> (ce, logz) [...]."""
+    logz = jax.nn.logsumexp(logits, axis=-1)
+    picked = jnp.sum(logits * jax.nn.one_hot(targets, logits.shape[-1], dtype=jnp.float32), axis=-1)
+    return logz - picked, logz
+
+
+def _ce_dlogits(logits, logz, targets, g_ce, g_logz) -> jax.Array:
+    """Closed-form cotangent of (ce, logz) wrt f32 logits: (g_ce + g_logz) * softmax - g_ce * onehot."""
+    p = jnp.exp(logits - logz[..., None])
+    onehot = jax.nn.one_hot(targets, logits.shape[-1], dtype=jnp.float32)
+    return (g_ce + g_logz)[..., None] * p - g_ce[..., None] * onehot
+
+
 def _fwd(logits, targets):
-    lf = logits.astype(jnp.float32)
-    logz = jax.nn.logsumexp(lf, axis=-1)
-    picked = jnp.sum(lf * jax.nn.one_hot(targets, lf.shape[-1], dtype=jnp.float32), axis=-1)
-    return (logz - picked, logz), (logits, targets, logz)
+    ce, logz = _ce_terms(logits.astype(jnp.float32), targets)
+    return (ce, logz), (logits, targets, logz)
 
 
 def _bwd(res, g):
     logits, targets, logz = res
-    g_ce, g_logz = g
-    p = jnp.exp(logits.astype(jnp.float32) - logz[..., None])
-    onehot = jax.nn.one_hot(targets, logits.shape[-1], dtype=jnp.float32)
-    d = (g_ce + g_logz)[..., None] * p - g_ce[..., None] * onehot
+    d = _ce_dlogits(logits.astype(jnp.float32), logz, targets, *g)
     return d.astype(logits.dtype), None
 
 
@@ -65,10 +74,7 @@ def _chunk_logits(xc, w):
 def _head_fwd(x, w, targets, chunk):
     def body(_, xs):
         xc, tc = xs
-        lg = _chunk_logits(xc, w)
-        lz = jax.nn.logsumexp(lg, axis=-1)
-        picked = jnp.sum(lg * jax.nn.one_hot(tc, lg.shape[-1], dtype=jnp.float32), axis=-1)
-        return None, (lz - picked, lz)
+        return None, _ce_terms(_chunk_logits(xc, w), tc)
     _, (ce, lz) = jax.lax.scan(body, None, (_chunks(x, chunk), _chunks(targets, chunk)))
     ce, lz = ce.reshape(-1), lz.reshape(-1)
     return (ce, lz), (x, w, targets, lz)
@@ -80,9 +86,7 @@ def _head_bwd(chunk, res, g):
 
     def body(dw, xs):
         xc, tc, lzc, gc, gl = xs
-        p = jnp.exp(_chunk_logits(xc, w) - lzc[:, None])
-        d = (gc + gl)[:, None] * p - gc[:, None] * jax.nn.one_hot(tc, p.shape[-1], dtype=jnp.float32)
-        d = d.astype(w.dtype)
+        d = _ce_dlogits(_chunk_logits(xc, w), lzc, tc, gc, gl).astype(w.dtype)
         dx = jnp.dot(d, w.T, preferred_element_type=jnp.float32)
         dw = dw + jnp.dot(xc.T.astype(w.dtype), d, preferred_element_type=jnp.float32)
         return dw, dx

@@ -18,7 +18,7 @@ import jax.numpy as jnp
 from jax.sharding import Mesh
 
 from dsvl_jax.model.config import ModelConfig
-from dsvl_jax.model.params import _init_boxed, flatten
+from dsvl_jax.model.params import abstract_params, flatten, init_boxed
 from dsvl_jax.parallel.sharding import check_replication, logical_to_shardings
 from dsvl_jax.train.optim import make_optimizer, trainable_paths
 from dsvl_jax.train.schedules import make_schedule
@@ -43,10 +43,8 @@ class StateFactory:
         self.cfg, self.t, self.mesh, self.rules = cfg, t, mesh, rules
         self.tx = make_optimizer(t)
         self.schedule = make_schedule(t)
-        key = jax.random.key(0)
-        params = nn.meta.unbox(jax.eval_shape(lambda r: _init_boxed(cfg, r), key))
-        self.trainable = trainable_paths(flatten(params).keys(), tuple(t.trainable))
-        abstract_boxed = jax.eval_shape(self._init_boxed, key)
+        self.trainable = trainable_paths(flatten(abstract_params(cfg)).keys(), tuple(t.trainable))
+        abstract_boxed = jax.eval_shape(self._init_boxed, jax.random.key(0))
         self.abstract = nn.meta.unbox(abstract_boxed)
         logical = nn.get_partition_spec(abstract_boxed)
         self.shardings = logical_to_shardings(logical, self.abstract, mesh, rules)
@@ -54,7 +52,7 @@ class StateFactory:
                           replicate_max_elems)
 
     def _init_boxed(self, rng) -> TrainState:
-        params = _init_boxed(self.cfg, rng)
+        params = init_boxed(self.cfg, rng)
         train = {k: v for k, v in flatten(params).items() if k in self.trainable}
         return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=self.tx.init(train))
 
@@ -63,11 +61,3 @@ class StateFactory:
         fn = jax.jit(lambda r: nn.meta.unbox(self._init_boxed(r)), out_shardings=self.shardings)
         with jax.set_mesh(self.mesh):
             return fn(rng)
-
-    def from_params(self, params: Any) -> TrainState:
-        """A fresh state around given (e.g. imported) parameters, placed with the state shardings."""
-        params = jax.device_put(params, self.shardings.params)
-        train, _ = split_trainable(params, self.trainable)
-        opt = jax.jit(self.tx.init, out_shardings=self.shardings.opt_state)(train)
-        return TrainState(step=jax.device_put(jnp.zeros((), jnp.int32), self.shardings.step), params=params,
-                          opt_state=opt)

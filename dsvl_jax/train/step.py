@@ -23,14 +23,6 @@ from dsvl_jax.parallel.sharding import batch_sharding
 from dsvl_jax.train.loss import cross_entropy, head_cross_entropy, head_weight
 from dsvl_jax.train.state import StateFactory, TrainState, split_trainable
 
-BATCH_KEYS = ("ids", "targets", "positions", "segments", "loss_mask")
-
-
-def token_losses(logits: jax.Array, targets: jax.Array) -> tuple[jax.Array, jax.Array]:
-    """Per-token cross-entropy and log-partition, f32. logits [B, T, V], targets [B, T]."""
-    return cross_entropy(logits, targets)
-
-
 def _forward(cfg: ModelConfig, params: Any, mb: dict, output: str = "logits") -> jax.Array:
     return DeepseekVL(cfg).apply({"params": params}, mb["ids"], mb["positions"], mb["segments"],
                                  pixels=mb.get("pixels"), high_pixels=mb.get("high_pixels"), output=output)[0]
@@ -52,7 +44,7 @@ def loss_sums(train: dict, frozen: dict, mb: dict, cfg: ModelConfig, z_loss: flo
         ce, logz = head_cross_entropy(h.reshape(n, -1), w, mb["targets"].reshape(n), loss_chunk)
         ce, logz = ce.reshape(mb["targets"].shape), logz.reshape(mb["targets"].shape)
     else:
-        ce, logz = token_losses(_forward(cfg, params, mb), mb["targets"])
+        ce, logz = cross_entropy(_forward(cfg, params, mb), mb["targets"])
     w = mb["loss_mask"].astype(jnp.float32)
     ce_sum, z_sum = jnp.sum(ce * w), jnp.sum(jnp.square(logz) * w)
     return ce_sum + z_loss * z_sum, {"ce_sum": ce_sum, "z_sum": z_sum}
