@@ -36,21 +36,9 @@ SCAN = False  # XLA:CPU runs the unrolled layers ~10% faster than the scanned lo
 ALL = ("siglip", "sam_trunk", "sam_adaptor", "adaptor", "llm")
 
 
-def matmul_peak(dtype: str, n: int = 2048, reps: int = 10) -> float:
-    """Measured FLOP/s of one n x n jnp.dot in `dtype` (bf16 accumulates in f32)."""
-    import jax
-    import jax.numpy as jnp
-    a = jax.random.normal(jax.random.key(0), (n, n), jnp.float32).astype(dtype)
-    b = jax.random.normal(jax.random.key(1), (n, n), jnp.float32).astype(dtype)
-    pet = jnp.float32 if dtype == "bfloat16" else None
-    f = jax.jit(lambda x, y: jnp.dot(x, y, preferred_element_type=pet))
-    f(a, b).block_until_ready()
-    best = float("inf")
-    for _ in range(reps):
-        t = time.perf_counter()
-        f(a, b).block_until_ready()
-        best = min(best, time.perf_counter() - t)
-    return 2 * n ** 3 / best
+def matmul_peak(dtype: str) -> float:
+    from dsvl_jax.train.metrics import measured_matmul_peak
+    return measured_matmul_peak(dtype)
 
 
 def jax_step_time(dtype: str, steps: int) -> tuple[float, float, int]:

@@ -1,4 +1,4 @@
-"""The base run config every experiment starts from: sections model / parallel / train.
+"""The base run config every experiment starts from: sections model / parallel / train / data.
 
 Experiments (`experiments/*.py`) call `base_config(size)` and change fields; single fields are
 overridden on the command line with `--config.train.lr=...`.
@@ -45,8 +45,42 @@ def train_defaults() -> ml_collections.ConfigDict:
     t.z_loss = 0.0
     t.loss_chunk = 0           # >0: output head + CE fused over this many tokens at a time (no [B,T,V] logits)
     t.seed = 0
+    t.max_bad_steps = 5        # this many non-finite steps in a row stop the run (each one is skipped)
     t.peak_flops_per_device = 0.0  # 0 = look up the device kind (train/metrics.py) or measure on CPU
     return t
+
+
+def data_defaults() -> ml_collections.ConfigDict:
+    """Input pipeline (dsvl_jax/data/pipeline.py). Sources: name -> {path, weight, group}."""
+    d = ml_collections.ConfigDict()
+    d.sources = ml_collections.ConfigDict()  # e.g. {"chart": {"path": "data/dsvl_chart", "weight": 1.0, "group": "multimodal"}}
+    d.tokenizer = ""              # a SentencePiece .model, or a folder / tokenizer.json (HF)
+    d.system_prompt = "default"   # SFT system prompt: "default" = the released models' prompt, "" = none
+    d.text_ratio = 0.7            # language share of samples after the modality warm-up (paper stage 2: 0.7)
+    d.text_ratio_start = 1.0      # modality warm-up starts with language only ...
+    d.modality_warmup_steps = 0   # ... and reaches text_ratio linearly after this many steps (0 = off)
+    d.pack = True                 # several samples per row (paper: stage 2 yes, stages 1 and 3 no)
+    d.one_modality_per_batch = False  # each batch text-only or multimodal (text batches skip the towers)
+    d.max_pixels = 64_000_000     # larger images are skipped (decompression bombs)
+    d.max_skip_rate = 0.01        # per source; above it (after min_seen records) the run stops with an error
+    d.min_seen = 200
+    d.workers = 0                 # >0: that many worker processes (grain mp_prefetch); 0 = threads in this process
+    d.num_threads = 2             # decode/preprocess threads per source
+    d.prefetch = 8                # per source, in samples
+    d.prefetch_batches = 2        # packed batches built ahead in a background thread (or per worker process)
+    d.seed = 0
+    return d
+
+
+def run_defaults(c: ml_collections.ConfigDict) -> None:
+    """checkpoint / log / eval sections and the init source of a training run."""
+    c.init_from = ""  # previous stage's run dir (its final/ params), a dsvl_jax params checkpoint, or an HF folder
+    c.checkpoint = ml_collections.ConfigDict(dict(every_steps=100, keep=3, keep_period=0, async_save=True))
+    c.log = ml_collections.ConfigDict(dict(every_steps=10, tensorboard=True, progress=True))
+    # eval.sources: like data.sources (held-out records); loss over `batches` batches, and exact match of
+    # greedy answers on up to `qa_items` question/answer records
+    c.eval = ml_collections.ConfigDict(dict(every_steps=0, batches=2, sources=ml_collections.ConfigDict(),
+                                            qa_items=32, max_new_tokens=8, prompt_len=0))
 
 
 def base_config(size: str = "tiny") -> ml_collections.ConfigDict:
@@ -54,4 +88,6 @@ def base_config(size: str = "tiny") -> ml_collections.ConfigDict:
     c.model = model_config_dict(size)
     c.parallel = parallel_defaults()
     c.train = train_defaults()
+    c.data = data_defaults()
+    run_defaults(c)
     return c

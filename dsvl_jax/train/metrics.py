@@ -91,6 +91,25 @@ def peak_flops_per_device(override: float = 0.0) -> float:
     return 0.0
 
 
+def measured_matmul_peak(dtype: str = "float32", n: int = 2048, reps: int = 10) -> float:
+    """FLOP/s of one n x n jnp.dot in `dtype` on device 0 (bf16 accumulates in f32): the CPU 'peak'."""
+    import time
+    import jax.numpy as jnp
+
+    dev = jax.devices()[0]
+    a = jax.device_put(jax.random.normal(jax.random.key(0), (n, n), jnp.float32).astype(dtype), dev)
+    b = jax.device_put(jax.random.normal(jax.random.key(1), (n, n), jnp.float32).astype(dtype), dev)
+    pet = jnp.float32 if dtype == "bfloat16" else None
+    f = jax.jit(lambda x, y: jnp.dot(x, y, preferred_element_type=pet))
+    f(a, b).block_until_ready()
+    best = float("inf")
+    for _ in range(reps):
+        t = time.perf_counter()
+        f(a, b).block_until_ready()
+        best = min(best, time.perf_counter() - t)
+    return 2 * n ** 3 / best
+
+
 def mfu(flops_per_step: float, step_seconds: float, n_devices: int, peak_per_device: float) -> float:
     if not peak_per_device or step_seconds <= 0:
         return float("nan")

@@ -3,7 +3,8 @@ global-norm clipping and AdamW over the trainable subset.
 
 Batch (global arrays, leading axis = sequences, sharded over the act_batch mesh axes):
   ids, targets, positions, segments [B, T] int32; loss_mask [B, T] float32
-  pixels [B, I, S, S, 3], high_pixels [B, I, Sh, Sh, 3] (I images per sample; absent for text-only)
+  pixels [B, I, S, S, 3], high_pixels [B, I, Sh, Sh, 3] (I images per sample; absent for text-only);
+  uint8 views from the loader are normalised here, on device (per-tower mean/std), floats pass as they are
 Loss = (sum of token CE + z_loss * logZ^2 over loss_mask) / (number of loss tokens in the whole batch),
 so accumulation over micro-batches is exactly the full-batch gradient.
 """
@@ -16,6 +17,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from dsvl_jax.data.preprocess import image_spec, normalize_batch
 from dsvl_jax.model.config import ModelConfig
 from dsvl_jax.model.params import unflatten
 from dsvl_jax.model.vlm import DeepseekVL
@@ -24,6 +26,8 @@ from dsvl_jax.train.loss import cross_entropy, head_cross_entropy, head_weight
 from dsvl_jax.train.state import StateFactory, TrainState, split_trainable
 
 def _forward(cfg: ModelConfig, params: Any, mb: dict, output: str = "logits") -> jax.Array:
+    if mb.get("pixels") is not None and mb["pixels"].dtype == jnp.uint8:  # loader batches: normalise on device
+        mb = normalize_batch(mb, image_spec(cfg))
     return DeepseekVL(cfg).apply({"params": params}, mb["ids"], mb["positions"], mb["segments"],
                                  pixels=mb.get("pixels"), high_pixels=mb.get("high_pixels"), output=output)[0]
 
@@ -79,12 +83,17 @@ def train_step(state: TrainState, batch: dict, *, cfg: ModelConfig, t, tx: optax
         scale = scale * jnp.minimum(1.0, t.clip_norm / jnp.maximum(gnorm, 1e-12))
     grads = jax.tree.map(lambda g: g * scale, grads)
     updates, opt_state = tx.update(grads, state.opt_state, train)
-    train = optax.apply_updates(train, updates)
+    # A non-finite loss or gradient skips the update (state unchanged, counted): the select fuses into
+    # the AdamW update, and no NaN ever reaches the parameters or a checkpoint.
+    ok = jnp.isfinite(aux["ce_sum"]) & jnp.isfinite(gnorm)
+    keep = lambda new, old: jnp.where(ok, new, old)  # noqa: E731
+    train = jax.tree.map(keep, optax.apply_updates(train, updates), train)
+    opt_state = jax.tree.map(keep, opt_state, state.opt_state)
     params = unflatten({**train, **frozen})
     lr = schedule(state.step)
     metrics = {"loss": aux["ce_sum"] / total, "z_loss": aux["z_sum"] / total, "grad_norm": gnorm,
-               "tokens": total, "learning_rate": lr}
-    return TrainState(step=state.step + 1, params=params, opt_state=opt_state), metrics
+               "tokens": total, "learning_rate": lr, "skipped": 1 - ok.astype(jnp.int32)}
+    return TrainState(step=state.step + ok.astype(jnp.int32), params=params, opt_state=opt_state), metrics
 
 
 def batch_shardings(factory: StateFactory, batch_like: dict) -> dict:

@@ -1,0 +1,243 @@
+"""tfds builders that write `records.Example`s as ArrayRecord shards (no TensorFlow needed).
+
+  DsvlScreenshot ... DsvlText   one builder per corpus kind ("dsvl_<kind>"): the embedded synthetic
+                                corpus, config `CorpusConfig(n, seed, image_size)`
+  DsvlImported                  ("dsvl_imported"): the Examples of an importer (importers.py)
+
+Layout under a data_dir (`--out`): `<name>[/<config>]/1.0.0/<name>-train.array_record-NNNNN-of-MMMMM`
+plus dataset_info.json / features.json / metadata.json (the import report lives in metadata.json).
+Read back with `shards.open_source`. Shuffling at write time is off: records keep input order,
+and grain shuffles at read time anyway. Classes register once, at import, under distinct names;
+each instance writes only under its own `data_dir`.
+"""
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import logging
+import os
+import shutil
+import tempfile
+import time
+from typing import Iterable, Iterator, Sequence
+
+import tensorflow_datasets as tfds
+
+from dsvl_jax.data import records
+from dsvl_jax.data.importers import DEFAULT_MAX_SKIP_RATE, SkipCounter, import_examples
+
+log = logging.getLogger(__name__)
+SPLIT = "train"
+MAX_REPORT_IDS_IN_METADATA = 1000
+
+
+class ShardBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
+    """Base: the shared features, ArrayRecord output, one "train" split, our own progress bar."""
+    VERSION = tfds.core.Version("1.0.0")
+    RELEASE_NOTES = {"1.0.0": "First release."}
+
+    def __init__(self, *, progress: bool = False, **kwargs):
+        kwargs.setdefault("file_format", "array_record")
+        self._progress = progress
+        super().__init__(**kwargs)
+
+    def _info(self) -> tfds.core.DatasetInfo:
+        return tfds.core.DatasetInfo(builder=self, description=self._description(), features=records.features(),
+                                     disable_shuffling=True, metadata=tfds.core.MetadataDict())
+
+    def _split_generators(self, dl_manager):
+        return {SPLIT: self._generate_examples()}
+
+    def _description(self) -> str:
+        return ""
+
+    def _examples(self) -> Iterable[records.Example]:
+        raise NotImplementedError
+
+    def _total(self) -> int | None:
+        return None
+
+    def _postfix(self) -> str:
+        return ""
+
+    def _generate_examples(self) -> Iterator[tuple[int, dict]]:
+        from tqdm import tqdm
+
+        bar = tqdm(self._examples(), total=self._total(), desc=self.name, unit=" rec", disable=not self._progress,
+                   mininterval=0.5, dynamic_ncols=True)
+        for i, ex in enumerate(bar):
+            if self._progress and (post := self._postfix()) != bar.postfix:
+                bar.set_postfix_str(post, refresh=False)
+            yield i, records.to_features(records.validate(ex))
+
+    # tfds prints these on stdout; our CLIs keep stdout for their one-line summaries.
+    def _log_download_bytes(self) -> None:
+        log.info("preparing %s in %s", self.name, self.data_dir)
+
+    def _log_download_done(self) -> None:
+        log.info("%s prepared in %s", self.name, self.data_dir)
+
+    def build(self, overwrite: bool = False) -> str:
+        """Write the shards (or reuse a complete earlier run unless `overwrite`); returns the dataset dir."""
+        if os.path.isdir(self.data_dir):
+            if not overwrite:
+                log.info("reusing %s (same builder and config); overwrite=True rebuilds it", self.data_dir)
+                return self.data_dir
+            shutil.rmtree(self.data_dir)
+        with _quiet_tfds(), tempfile.TemporaryDirectory(prefix="dsvl_dl_") as dl:
+            self.download_and_prepare(download_dir=dl)
+        return self.data_dir
+
+
+@contextlib.contextmanager
+def _quiet_tfds():
+    """Our tqdm replaces tfds's bars; 'custom data configuration' warnings are expected here."""
+    from tensorflow_datasets.core.utils import tqdm_utils
+
+    was, absl_log = getattr(tqdm_utils, "_active", True), logging.getLogger("absl")
+    level = absl_log.level
+    tfds.display_progress_bar(False)
+    absl_log.setLevel(max(level, logging.ERROR))
+    try:
+        yield
+    finally:
+        tfds.display_progress_bar(was)
+        absl_log.setLevel(level)
+
+
+# --- the embedded default corpus ---------------------------------------------------------------
+
+@dataclasses.dataclass(eq=False)
+class CorpusConfig(tfds.core.BuilderConfig):
+    n: int = 1000
+    seed: int = 0
+    image_size: int = 256
+
+
+def corpus_config(n: int, seed: int = 0, image_size: int = 256) -> CorpusConfig:
+    """The config dir name spells its parameters, so different corpora never share a directory."""
+    return CorpusConfig(name=f"n{n}_seed{seed}_px{image_size}", n=n, seed=seed, image_size=image_size)
+
+
+class CorpusBuilder(ShardBuilder, skip_registration=True):
+    KIND = ""
+    BUILDER_CONFIGS = [corpus_config(1000)]
+
+
+    def _description(self) -> str:
+        return f"Embedded synthetic '{self.KIND}' corpus (dsvl_jax.data.corpus), {self.builder_config.name}."
+
+    def _total(self) -> int:
+        return self.builder_config.n
+
+    def _examples(self) -> Iterable[records.Example]:
+        from dsvl_jax.data.corpus import generate
+
+        c = self.builder_config
+        return generate(self.KIND, c.n, c.seed, image_size=c.image_size)
+
+
+class DsvlScreenshot(CorpusBuilder):
+    KIND = "screenshot"
+
+
+class DsvlPdf(CorpusBuilder):
+    KIND = "pdf"
+
+
+class DsvlOcr(CorpusBuilder):
+    KIND = "ocr"
+
+
+class DsvlChart(CorpusBuilder):
+    KIND = "chart"
+
+
+class DsvlInterleaved(CorpusBuilder):
+    KIND = "interleaved"
+
+
+class DsvlCaption(CorpusBuilder):
+    KIND = "caption"
+
+
+class DsvlText(CorpusBuilder):
+    KIND = "text"
+
+
+CORPUS_BUILDERS: dict[str, type[CorpusBuilder]] = {
+    c.KIND: c for c in (DsvlScreenshot, DsvlPdf, DsvlOcr, DsvlChart, DsvlInterleaved, DsvlCaption, DsvlText)}
+assert tuple(CORPUS_BUILDERS) == records.KINDS, "one corpus builder per records.KINDS entry"
+
+
+def generate_corpus(kinds: Sequence[str], data_dir: str, *, n: int, seed: int = 0, image_size: int = 256,
+                    overwrite: bool = False, progress: bool = False) -> dict[str, str]:
+    """Write the embedded corpus, one dataset per kind; returns {kind: dataset dir}."""
+    bad = [k for k in kinds if k not in CORPUS_BUILDERS]
+    if bad:
+        raise ValueError(f"unknown corpus kinds {bad}; one of {records.KINDS}")
+    if n < 1:
+        raise ValueError(f"corpus n={n} must be >= 1 records per kind")
+    out = {}
+    for kind in kinds:
+        with _quiet_tfds():
+            b = CORPUS_BUILDERS[kind](data_dir=data_dir, config=corpus_config(n, seed, image_size), progress=progress)
+        out[kind] = b.build(overwrite=overwrite)
+    return out
+
+
+# --- imported data -----------------------------------------------------------------------------
+
+class DsvlImported(ShardBuilder):
+    """The Examples of one importer run; `self.counter` holds the skip report afterwards."""
+
+    def _description(self) -> str:
+        return "Examples imported by `python -m dsvl_jax.data prepare` (metadata.json holds the skip report)."
+
+    def __init__(self, *, fmt: str | None = None, input_path: str | None = None, counter: SkipCounter | None = None,
+                 import_kwargs: dict | None = None, **kwargs):
+        self.fmt, self.input_path, self.import_kwargs = fmt, input_path, dict(import_kwargs or {})
+        self.counter = counter or SkipCounter(str(input_path))
+        super().__init__(**kwargs)
+
+    def _postfix(self) -> str:
+        return f"skipped={self.counter.num_skipped}" if self.counter.num_skipped else ""
+
+    def _examples(self) -> Iterator[records.Example]:
+        if self.fmt is None or self.input_path is None:
+            raise ValueError("DsvlImported needs fmt= and input_path= to prepare (reading needs neither)")
+        yield from import_examples(self.fmt, self.input_path, self.counter, **self.import_kwargs)
+        rep = self.counter.report()
+        rep["skipped_ids"] = rep["skipped_ids"][:MAX_REPORT_IDS_IN_METADATA]
+        self.info.metadata.update({"format": self.fmt, "import_report": rep})
+
+
+@dataclasses.dataclass(frozen=True)
+class PrepareResult:
+    dataset_dir: str
+    report: dict  # SkipCounter.report() plus "format", "dataset_dir", "seconds"
+
+
+def prepare(fmt: str, input_path: str, data_dir: str, *, images: str | None = None,
+            max_skip_rate: float | None = DEFAULT_MAX_SKIP_RATE, max_pixels: int = records.DEFAULT_MAX_PIXELS,
+            kind: str | None = None, dpi: int = 96, min_seen: int | None = None, overwrite: bool = False,
+            progress: bool = False, counter: SkipCounter | None = None) -> PrepareResult:
+    """Import `input_path` (format `fmt`) into ArrayRecord shards under `data_dir`.
+
+    Refuses to reuse an existing dataset unless `overwrite` (an import's input is not part of its
+    name). Raises `importers.SkipRateExceeded` when too many records are bad; then nothing is kept
+    and `counter` (if given) holds the tally for a report.
+    """
+    counter = counter or SkipCounter(input_path, max_skip_rate)
+    counter.max_skip_rate = max_skip_rate
+    if min_seen is not None:
+        counter.min_seen = min_seen
+    t0 = time.time()
+    b = DsvlImported(data_dir=data_dir, fmt=fmt, input_path=input_path, counter=counter, progress=progress,
+                     import_kwargs=dict(images=images, max_pixels=max_pixels, kind=kind, dpi=dpi))
+    if os.path.exists(b.data_dir) and not overwrite:
+        raise FileExistsError(f"{b.data_dir} already holds a prepared dataset; pass --overwrite to replace it "
+                              "or choose another --out")
+    d = b.build(overwrite=overwrite)
+    report = {"format": fmt, "dataset_dir": d, **counter.report(), "seconds": round(time.time() - t0, 2)}
+    return PrepareResult(d, report)

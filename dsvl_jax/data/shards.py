@@ -1,0 +1,96 @@
+"""Prepared datasets on disk -> random-access sources of `records.Example` for grain.
+
+A prepared dataset is a tfds dataset directory (dataset_info.json + ArrayRecord shards), written by
+`builders.py`; `--out DIR` of `python -m dsvl_jax.data prepare|generate` is its tfds data_dir:
+
+  DIR/dsvl_imported/1.0.0/dsvl_imported-train.array_record-00000-of-00001   (prepare)
+  DIR/dsvl_chart/n1000_seed0_px256/1.0.0/dsvl_chart-train.array_record-...  (generate, one per kind)
+
+`open_source(path)` accepts the version dir itself or any folder above it holding exactly one
+dataset; `open_sources(path)` returns all of them. Reading needs no TensorFlow and no builder class.
+"""
+from __future__ import annotations
+
+import os
+from typing import Sequence
+
+from dsvl_jax.data import records
+
+INFO_FILE = "dataset_info.json"
+
+
+def find_datasets(path: str, max_depth: int = 4) -> list[str]:
+    """Dataset (version) directories at or below `path`, sorted."""
+    if not os.path.isdir(path):
+        raise FileNotFoundError(f"prepared data dir {path} does not exist")
+    found, base = [], path.rstrip(os.sep).count(os.sep)
+    for root, dirs, files in os.walk(path):
+        if INFO_FILE in files:
+            found.append(root)
+            dirs[:] = []
+        elif root.count(os.sep) - base >= max_depth:
+            dirs[:] = []
+        dirs[:] = [d for d in dirs if not d.startswith(".") and d != "downloads"]
+    return sorted(found)
+
+
+class ShardSource:
+    """`len()` and `[i] -> Example` over one split of a prepared dataset; pickles as its path.
+
+    The tfds reader is opened lazily, so a copy sent to a grain worker process opens its own files.
+    """
+
+    def __init__(self, dataset_dir: str, split: str = "train"):
+        if not os.path.isfile(os.path.join(dataset_dir, INFO_FILE)):
+            raise FileNotFoundError(f"{dataset_dir} has no {INFO_FILE}: not a prepared dataset dir")
+        self.dataset_dir, self.split = os.path.abspath(dataset_dir), split
+        self._src = None
+
+    def _source(self):
+        if self._src is None:
+            import tensorflow_datasets as tfds
+
+            builder = tfds.builder_from_directory(self.dataset_dir)
+            if self.split not in builder.info.splits:
+                raise KeyError(f"{self.dataset_dir}: no split {self.split!r}; has {list(builder.info.splits)}")
+            self._src = builder.as_data_source(self.split)
+        return self._src
+
+    def __len__(self) -> int:
+        return len(self._source())
+
+    def __getitem__(self, index: int) -> records.Example:
+        n = len(self)
+        i = index + n if index < 0 else index
+        if not 0 <= i < n:
+            raise IndexError(f"index {index} out of range for {self.dataset_dir} ({n} records)")
+        return records.from_features(self._source()[i])
+
+    def __getitems__(self, indices: Sequence[int]) -> list[records.Example]:
+        return [records.from_features(d) for d in self._source().__getitems__(list(indices))]
+
+    def __getstate__(self) -> dict:
+        return {"dataset_dir": self.dataset_dir, "split": self.split}
+
+    def __setstate__(self, state: dict) -> None:
+        self.__init__(state["dataset_dir"], state["split"])
+
+    def __repr__(self) -> str:
+        return f"ShardSource({self.dataset_dir!r}, split={self.split!r})"
+
+
+def open_source(path: str, split: str = "train") -> ShardSource:
+    """The one prepared dataset at or below `path` as a random-access source of Examples."""
+    found = find_datasets(path)
+    if len(found) != 1:
+        what = "no prepared dataset" if not found else f"{len(found)} datasets ({', '.join(found)}); pick one"
+        raise ValueError(f"{path}: {what} (a dataset dir holds {INFO_FILE})")
+    return ShardSource(found[0], split)
+
+
+def open_sources(path: str, split: str = "train") -> dict[str, ShardSource]:
+    """Every prepared dataset at or below `path`, keyed by its path relative to `path`."""
+    found = find_datasets(path)
+    if not found:
+        raise ValueError(f"{path}: no prepared dataset (a dataset dir holds {INFO_FILE})")
+    return {os.path.relpath(d, path): ShardSource(d, split) for d in found}

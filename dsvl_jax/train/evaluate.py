@@ -1,0 +1,126 @@
+"""Periodic evaluation on held-out sources: loss over fixed batches, and exact match of greedy answers.
+
+Loss: the first `eval.batches` batches of the held-out pipeline (a fresh iterator each time, so
+every eval sees the same batches), token-weighted. Exact match: question/answer records (a
+conversation ending with an assistant answer) are prompted with everything before the answer;
+the greedy continuation up to EOS, stripped, must equal the answer. `chance` is what always
+answering the most frequent answer would score.
+"""
+from __future__ import annotations
+
+import collections
+import functools
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from dsvl_jax.data import pipeline, records
+from dsvl_jax.data.preprocess import image_spec, normalize_batch, preprocess
+from dsvl_jax.model.config import ModelConfig
+from dsvl_jax.model.decode import greedy_generate
+from dsvl_jax.model.params import flatten
+from dsvl_jax.parallel.sharding import shard_host_batch
+from dsvl_jax.train.step import batch_shardings, loss_sums
+
+
+def qa_items(sources, limit: int) -> list[records.Example]:
+    """Up to `limit` records whose last message is an assistant answer (round robin over sources)."""
+    out, idx = [], [0] * len(sources)
+    while len(out) < limit and any(i < len(s.data) for i, s in zip(idx, sources)):
+        for k, s in enumerate(sources):
+            if idx[k] >= len(s.data) or len(out) >= limit:
+                continue
+            r = s.data[idx[k]]
+            idx[k] += 1
+            ex = r if isinstance(r, records.Example) else records.from_features(r)
+            if ex.messages[-1].role == "assistant" and ex.messages[-1].content.strip():
+                out.append(ex)
+    return out
+
+
+class Evaluator:
+    def __init__(self, cfg, mcfg: ModelConfig, factory, sources=None):
+        from dsvl_jax.data.tokenizer import load_tokenizer
+
+        self.cfg, self.mcfg, self.factory = cfg, mcfg, factory
+        self.sources = sources if sources is not None else pipeline.open_configured_sources(cfg.eval)
+        self.tok = load_tokenizer(cfg.data.tokenizer)
+        self.spec = image_spec(mcfg)
+        self.items = qa_items(self.sources, cfg.eval.qa_items)
+        self.system = pipeline.system_prompt_text(cfg.data.system_prompt)
+        self._loss = None
+
+    # -- loss --------------------------------------------------------------------------------
+    def _loss_fn(self, batch_like):
+        f = self.factory
+        fn = functools.partial(loss_sums, {}, cfg=self.mcfg, z_loss=0.0, loss_chunk=int(self.cfg.train.loss_chunk))
+
+        def run(params, batch):
+            s, aux = fn(flatten(params), batch)
+            return aux["ce_sum"], jnp.sum(batch["loss_mask"])
+        return jax.jit(run, in_shardings=(f.shardings.params, batch_shardings(f, batch_like)))
+
+    def loss(self, params) -> float:
+        f = self.factory
+        it = iter(pipeline.build(self.cfg, host=jax.process_index(), hosts=jax.process_count(), sources=self.sources))
+        tot = n = 0.0
+        for _ in range(self.cfg.eval.batches):
+            b = shard_host_batch(next(it), f.mesh, f.rules)
+            if self._loss is None:
+                self._loss = self._loss_fn(b)
+            with jax.set_mesh(f.mesh), nn.logical_axis_rules(f.rules):
+                s, c = self._loss(params, b)
+            tot, n = tot + float(s), n + float(c)
+        return tot / max(n, 1.0)
+
+    # -- exact match ---------------------------------------------------------------------------
+    def answers(self, params, items: list[records.Example], batch: int = 8) -> list[str]:
+        from dsvl_jax.data.template import render_generation_prompt
+
+        n_img = self.mcfg.num_image_tokens
+        prompts = [render_generation_prompt(ex.messages[:-1], self.tok, n_img, default_system=self.system).ids
+                   for ex in items]
+        plen = self.cfg.eval.prompt_len or max(len(p) for p in prompts)
+        slots = max(1, max(len(ex.images) for ex in items))
+        out = []
+        for i in range(0, len(items), batch):
+            chunk, ps = items[i:i + batch], prompts[i:i + batch]
+            b = batch  # fixed shapes: pad the last chunk with copies of its first item
+            ids = np.full((b, plen), self.tok.pad_id, np.int32)
+            mask = np.zeros((b, plen), np.int32)
+            px = np.zeros((b, slots, self.spec.low_size, self.spec.low_size, 3), np.uint8)
+            hp = np.zeros((b, slots, self.spec.high_size, self.spec.high_size, 3), np.uint8) \
+                if self.spec.high_size else None
+            for r in range(b):
+                j = min(r, len(chunk) - 1)
+                p = ps[j][-plen:]
+                ids[r, plen - len(p):], mask[r, plen - len(p):] = p, 1
+                for k, img in enumerate(chunk[j].images):
+                    v = preprocess(records.decode_image(img), self.spec)
+                    px[r, k] = v["pixels"]
+                    if hp is not None:
+                        hp[r, k] = v["high_pixels"]
+            norm = normalize_batch({"pixels": px, "high_pixels": hp} if hp is not None else {"pixels": px}, self.spec)
+            new = greedy_generate(self.mcfg, params, jnp.asarray(ids), jnp.asarray(mask), norm["pixels"],
+                                  norm.get("high_pixels"), max_new_tokens=self.cfg.eval.max_new_tokens,
+                                  eos_id=self.tok.eos_id, pad_id=self.tok.pad_id)
+            for r in range(len(chunk)):
+                toks = [int(x) for x in np.asarray(new[r])]
+                if self.tok.eos_id in toks:
+                    toks = toks[:toks.index(self.tok.eos_id)]
+                out.append(self.tok.decode(toks, skip_special=True).strip())
+        return out
+
+    def exact_match(self, params) -> dict:
+        if not self.items:
+            return {}
+        refs = [ex.messages[-1].content.strip() for ex in self.items]
+        got = self.answers(params, self.items)
+        acc = float(np.mean([a == r for a, r in zip(got, refs)]))
+        chance = collections.Counter(refs).most_common(1)[0][1] / len(refs)
+        return {"eval_accuracy": acc, "eval_chance": chance, "eval_qa_items": len(refs)}
+
+    def run(self, params) -> dict:
+        return {"eval_loss": self.loss(params), **self.exact_match(params)}
