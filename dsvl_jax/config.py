@@ -85,9 +85,30 @@ def run_defaults(c: ml_collections.ConfigDict) -> None:
 
 def base_config(size: str = "tiny") -> ml_collections.ConfigDict:
     c = ml_collections.ConfigDict()
+    c.data_root = "data/default"  # where `python -m dsvl_jax.data generate|prepare` wrote the corpora
     c.model = model_config_dict(size)
     c.parallel = parallel_defaults()
     c.train = train_defaults()
     c.data = data_defaults()
     run_defaults(c)
     return c
+
+
+def set_sources(section: ml_collections.ConfigDict, c: ml_collections.ConfigDict, mix: dict[str, float],
+                folder: str = "") -> None:
+    """section.sources[kind] = {path: <data_root>[/folder]/dsvl_<kind>, weight}: the layout `python -m
+    dsvl_jax.data generate` writes. Paths follow --config.data_root; override one with
+    --config.data.sources.<kind>.path=DIR (e.g. a `prepare` output)."""
+    root = c.get_ref("data_root") + (f"/{folder}" if folder else "")
+    section.sources = ml_collections.ConfigDict(
+        {k: {"path": root + f"/dsvl_{k}", "weight": float(w), "group": "text" if k == "text" else "multimodal"}
+         for k, w in mix.items()})
+
+
+def embedded_tokenizer(c: ml_collections.ConfigDict) -> None:
+    """Tiny runs use the SentencePiece model trained on the embedded corpus (<data_root>/tokenizer.model):
+    its image token is id 4 and its vocabulary fits in 512 embedding rows."""
+    c.data.tokenizer = c.get_ref("data_root") + "/tokenizer.model"
+    c.model.llm.vocab_size = 512
+    c.model.image_token_id = 4
+    c.data.system_prompt = ""  # 16-token images and 256-token rows: no room for the 40-token default prompt
