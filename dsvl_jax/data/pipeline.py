@@ -100,15 +100,24 @@ def check_tokenizer(tok, model_cfg, where: str) -> None:
 
 def fit_to_row(s: Sample, seq_len: int, image_slots: int, image_token_id: int,
                num_image_tokens: int) -> tuple[Sample | None, str]:
-    """Cut text longer than a row ('truncated'); a sample whose images cannot fit whole -> (None, why)."""
+    """Fit a sample to one row: cut what is past `seq_len` positions ('truncated'), never inside an image
+    block — the cut moves to the start of that block and the images from there on are dropped. A sample
+    with more images than slots, or with no supervised target left, -> (None, why)."""
     if s.num_images > image_slots:
         return None, f"{s.num_images} images > {image_slots} image slots per row"
     if s.length <= seq_len:
         return s, ""
     keep = seq_len + 1
-    if s.num_images and int(np.sum(s.ids[:keep] == image_token_id)) < s.num_images * num_image_tokens:
-        return None, f"{s.length + 1} tokens with {s.num_images} image(s): an image would be cut at {seq_len}"
-    return dataclasses.replace(s, ids=s.ids[:keep], target_mask=s.target_mask[:keep]), "truncated"
+    is_img = s.ids == image_token_id
+    whole = int(is_img[:keep].sum()) // num_image_tokens  # complete image blocks inside the cut
+    if int(is_img[:keep].sum()) % num_image_tokens:
+        keep = int(np.flatnonzero(is_img)[whole * num_image_tokens])  # start of the block that would be split
+    if keep < 2 or not s.target_mask[1:keep].any():
+        return None, f"{s.length + 1} tokens: nothing supervised fits in {seq_len} positions"
+    px = None if s.pixels is None else s.pixels[:whole]
+    hp = None if s.high_pixels is None else s.high_pixels[:whole]
+    return dataclasses.replace(s, ids=s.ids[:keep], target_mask=s.target_mask[:keep],
+                               pixels=px if whole else None, high_pixels=hp if whole else None), "truncated"
 
 
 @dataclasses.dataclass(frozen=True)

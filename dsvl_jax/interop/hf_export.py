@@ -1,4 +1,8 @@
-"""dsvl_jax (ModelConfig, params) -> HF save_pretrained folder that transformers loads unchanged."""
+"""dsvl_jax (ModelConfig, params) -> HF save_pretrained folder that transformers loads unchanged.
+
+With a tokenizer, the folder also gets the tokenizer, processor, chat-template and generation files
+(interop/hf_processor.py), so `AutoProcessor.from_pretrained(DIR)` serves the model without dsvl_jax.
+"""
 from __future__ import annotations
 
 import json
@@ -34,13 +38,23 @@ def export_tensors(cfg: ModelConfig, params: Params, dtype: str = "float32") -> 
 
 
 def save_hf(folder: str, cfg: ModelConfig, params: Params, dtype: str = "float32",
-            max_shard_bytes: int = DEFAULT_SHARD_BYTES) -> list[str]:
-    """Write config.json + safetensors (sharded with an index past max_shard_bytes). Returns file names."""
+            max_shard_bytes: int = DEFAULT_SHARD_BYTES, tokenizer: str | None = None) -> list[str]:
+    """Write config.json + safetensors (sharded with an index past max_shard_bytes). Returns file names.
+
+    `tokenizer` (a SentencePiece .model, a tokenizer.json or its folder) adds the tokenizer/processor
+    files (hf_processor.save_processor) and the special-token ids to config.json's text_config.
+    """
     from safetensors.numpy import save_file
     os.makedirs(folder, exist_ok=True)
     tensors = export_tensors(cfg, params, dtype)
+    conf = to_hf(cfg, dtype)
+    extra: list[str] = []
+    if tokenizer is not None:
+        from dsvl_jax.interop.hf_processor import save_processor, token_ids
+        tok, extra = save_processor(folder, cfg, tokenizer)
+        conf["text_config"].update(token_ids(tok))
     with open(os.path.join(folder, "config.json"), "w") as f:
-        json.dump(to_hf(cfg, dtype), f, indent=2)
+        json.dump(conf, f, indent=2)
     shards: list[dict[str, np.ndarray]] = [{}]
     size = 0
     for k in sorted(tensors):
@@ -52,7 +66,7 @@ def save_hf(folder: str, cfg: ModelConfig, params: Params, dtype: str = "float32
     meta = {"format": "pt"}
     if len(shards) == 1:
         save_file(shards[0], os.path.join(folder, "model.safetensors"), metadata=meta)
-        return ["config.json", "model.safetensors"]
+        return ["config.json", "model.safetensors", *extra]
     names = [f"model-{i + 1:05d}-of-{len(shards):05d}.safetensors" for i in range(len(shards))]
     weight_map = {}
     for name, shard in zip(names, shards):
@@ -61,4 +75,4 @@ def save_hf(folder: str, cfg: ModelConfig, params: Params, dtype: str = "float32
     total = sum(t.nbytes for t in tensors.values())
     with open(os.path.join(folder, "model.safetensors.index.json"), "w") as f:
         json.dump({"metadata": {"total_size": total}, "weight_map": weight_map}, f, indent=2)
-    return ["config.json", "model.safetensors.index.json", *names]
+    return ["config.json", "model.safetensors.index.json", *names, *extra]

@@ -1,14 +1,16 @@
 """Periodic evaluation on held-out sources: loss over fixed batches, and exact match of greedy answers.
 
 Loss: the first `eval.batches` batches of the held-out pipeline (a fresh iterator each time, so
-every eval sees the same batches), token-weighted. Exact match: question/answer records (a
-conversation ending with an assistant answer) are prompted with everything before the answer;
+every eval sees the same batches), token-weighted. Exact match: the first question of each
+question/answer record, asked alone with the record's images (later turns could leak the answer);
 the greedy continuation up to EOS, stripped, must equal the answer. `chance` is what always
-answering the most frequent answer would score.
+answering the most frequent answer would score; `accuracy_swapped_images` asks the same questions
+with every item's image replaced by another item's (what the text alone carries).
 """
 from __future__ import annotations
 
 import collections
+import dataclasses
 import functools
 
 import flax.linen as nn
@@ -25,8 +27,16 @@ from dsvl_jax.parallel.sharding import shard_host_batch
 from dsvl_jax.train.step import batch_shardings, loss_sums
 
 
+def single_turn(ex: records.Example) -> records.Example:
+    """The record's first question (the one its images come with) and answer, as a one-turn conversation."""
+    turns = [m for m in ex.messages if m.role != "system"]
+    q = turns[0].content.replace(records.IMAGE_TAG, "").strip()
+    return dataclasses.replace(ex, messages=(records.Message("user", records.IMAGE_TAG * len(ex.images) + "\n" + q),
+                                             turns[1]))
+
+
 def qa_items(sources, limit: int) -> list[records.Example]:
-    """Up to `limit` records whose last message is an assistant answer (round robin over sources)."""
+    """Up to `limit` single-turn questions from user/assistant records (round robin over sources)."""
     out, idx = [], [0] * len(sources)
     while len(out) < limit and any(i < len(s.data) for i, s in zip(idx, sources)):
         for k, s in enumerate(sources):
@@ -35,8 +45,9 @@ def qa_items(sources, limit: int) -> list[records.Example]:
             r = s.data[idx[k]]
             idx[k] += 1
             ex = r if isinstance(r, records.Example) else records.from_features(r)
-            if ex.messages[-1].role == "assistant" and ex.messages[-1].content.strip():
-                out.append(ex)
+            turns = [m.role for m in ex.messages if m.role != "system"]
+            if turns[:2] == ["user", "assistant"] and ex.messages[-1].content.strip():
+                out.append(single_turn(ex))
     return out
 
 
@@ -120,7 +131,14 @@ class Evaluator:
         got = self.answers(params, self.items)
         acc = float(np.mean([a == r for a, r in zip(got, refs)]))
         chance = collections.Counter(refs).most_common(1)[0][1] / len(refs)
-        return {"eval_accuracy": acc, "eval_chance": chance, "eval_qa_items": len(refs)}
+        # the same questions with each item's image swapped for the next item's: accuracy falls towards
+        # what the text alone gives; the gap is what the model reads from the image
+        swapped = [dataclasses.replace(ex, images=self.items[(i + 1) % len(self.items)].images[:len(ex.images)])
+                   for i, ex in enumerate(self.items)]
+        got_sw = self.answers(params, swapped)
+        acc_sw = float(np.mean([a == r for a, r in zip(got_sw, refs)]))
+        return {"eval_accuracy": acc, "eval_chance": chance, "eval_accuracy_swapped_images": acc_sw,
+                "eval_qa_items": len(refs)}
 
     def run(self, params) -> dict:
         return {"eval_loss": self.loss(params), **self.exact_match(params)}

@@ -79,7 +79,7 @@ def _host_stats(batch: dict, image_token_id: int) -> dict:
     seg = batch["segments"] > 0
     img = (batch["ids"] == image_token_id) & seg
     return {"text_tokens": int(seg.sum() - img.sum()), "image_tokens": int(img.sum()),
-            "loss_tokens": int(batch["loss_mask"].sum())}
+            "loss_tokens": int(np.count_nonzero(batch["loss_mask"]))}
 
 
 def _load_init(path: str, cfg: ModelConfig, shardings) -> Any:
@@ -117,8 +117,13 @@ class _Sigterm:
             signal.signal(signal.SIGTERM, self._old)
 
 
-def train(cfg, workdir: str, *, sources=None, eval_sources=None, fail_at_step: int | None = None) -> RunResult:
-    """Run (or resume) the configured training in `workdir`. `sources` override data.sources (tests)."""
+def train(cfg, workdir: str, *, sources=None, eval_sources=None, stop_at: int | None = None,
+          fail_at_step: int | None = None) -> RunResult:
+    """Run (or resume) the configured training in `workdir`.
+
+    `sources` / `eval_sources` replace data.sources / eval.sources (tests); `stop_at` ends this process
+    after that step with a checkpoint (the run itself continues on the next call); `fail_at_step`
+    injects a non-finite batch (tests)."""
     distributed.initialize(cfg.parallel)
     mcfg = validate(cfg) if sources is None else model_config_from_dict(cfg.model)
     t = cfg.train
@@ -130,6 +135,11 @@ def train(cfg, workdir: str, *, sources=None, eval_sources=None, fail_at_step: i
             f.write(cfg.to_json_best_effort(indent=2))
 
     mesh = build_mesh(cfg.parallel)
+    batch_ways = mesh.shape["data"] * mesh.shape["fsdp"]
+    if (t.batch_size // t.microbatches) % batch_ways:
+        raise RunError(f"train.batch_size={t.batch_size} / train.microbatches={t.microbatches} is not divisible by "
+                       f"the {batch_ways} batch shards of the mesh (data={mesh.shape['data']} x "
+                       f"fsdp={mesh.shape['fsdp']})")
     rules = rules_from_config(cfg.parallel.rules_override)
     factory = StateFactory(mcfg, t, mesh, rules, cfg.parallel.replicate_max_elems)
     step_fn = CompiledStep(factory)
@@ -171,8 +181,9 @@ def train(cfg, workdir: str, *, sources=None, eval_sources=None, fail_at_step: i
     acc = {"data_s": 0.0, "wall_s": 0.0, "text_tokens": 0, "image_tokens": 0, "n": 0}
     tick = time.perf_counter()
     step = start
+    end = t.steps if stop_at is None else min(t.steps, stop_at)
     with _Sigterm() as sig:
-        while step < t.steps:
+        while step < end:
             t0 = time.perf_counter()
             host_batch = next(data_iter)
             t1 = time.perf_counter()
@@ -196,7 +207,7 @@ def train(cfg, workdir: str, *, sources=None, eval_sources=None, fail_at_step: i
                 rec = {"step": step, **evaluator.run(state.params)}
                 logger.write(rec)
                 last.update(rec)
-            ckpt_now = step % cfg.checkpoint.every_steps == 0 or step == t.steps or sig.hit
+            ckpt_now = step % cfg.checkpoint.every_steps == 0 or step == end or sig.hit
             if ckpt_now:  # log this step first, so the checkpoint's counters include it
                 last, bad_run, skipped_total = _finish(pending, last, bad_run, skipped_total, t, logger, cfg,
                                                        flops, peak, acc)
@@ -211,9 +222,15 @@ def train(cfg, workdir: str, *, sources=None, eval_sources=None, fail_at_step: i
                                                    peak, acc, force=True)
     ckpts.close()
     logger.close()
-    final = os.path.join(workdir, FINAL_DIR)
-    from dsvl_jax.train.checkpoint import save_params
-    save_params(final, mcfg, state.params)
+    final = ""
+    if step >= t.steps:  # the stage is complete: its params are the next stage's init_from
+        from dsvl_jax.train.checkpoint import save_params
+        final = os.path.join(workdir, FINAL_DIR)
+        save_params(final, mcfg, state.params)
+        tok = cfg.data.tokenizer
+        if main and tok and os.path.isfile(tok):  # the final params travel with their tokenizer (chat, export)
+            import shutil
+            shutil.copy(tok, os.path.join(final, os.path.basename(tok)))
     if main:
         with open(os.path.join(workdir, "data_stats.json"), "w") as f:
             json.dump(pipeline.iterator_stats(data_iter), f, indent=1)

@@ -92,13 +92,19 @@ def _expected(spec: charts.ChartSpec, question: str) -> str:
         return f"{v[lab.index(m.group(1))]}%"
     if re.fullmatch(r"How many \w+s are shown\?", question):
         return str(len(lab))
+    if question == charts.Q_KIND:
+        return {"bar": "bar chart", "barh": "horizontal bar chart", "line": "line chart", "pie": "pie chart",
+                "scatter": "scatter plot"}[spec.chart]
+    if re.fullmatch(r"What colour are the (bars|line|points)\?", question):
+        assert spec.chart != "pie"
+        return spec.color.split(":")[1]
     raise AssertionError(f"unknown question {question!r}")
 
 
 def test_chart_answers_match_plotted_data():
     seen = set()
     for i in range(8):  # full records: rebuild the spec from the record's own generator
-        ex = corpus.make_example("chart", SEED, i, image_size=96)
+        ex = corpus.make_example("chart", SEED, i, image_size=256)
         spec = charts.make_spec(corpus.example_rng("chart", SEED, i))
         assert spec.title
         msgs = ex.messages
@@ -115,6 +121,16 @@ def test_chart_answers_match_plotted_data():
         for q, a in charts.questions(spec, rng):
             assert a == _expected(spec, q), (i, q)
     assert seen == set(charts.CHARTS)
+
+
+def test_small_charts_ask_only_what_they_show():
+    """Below LEGIBLE_PX the printed numbers and labels are unreadable: only kind / colour questions."""
+    for i in range(10):
+        ex = corpus.make_example("chart", SEED, i, image_size=64)
+        assert len(ex.messages) == 2
+        q = ex.messages[0].content.replace(records.IMAGE_TAG + "\n", "")
+        assert q == charts.Q_KIND or q.startswith("What colour are the"), q
+    assert any(len(corpus.make_example("chart", SEED, i, image_size=256).messages) == 4 for i in range(10))
 
 
 def test_caption_names_what_was_drawn():

@@ -4,7 +4,7 @@
 `ChartSpec` from the seed and check every answer against the plotted numbers. Values are printed on
 the chart (bar and point labels, pie percentages), so each answer can be read off the image.
 Record: an SFT conversation of 1-2 user/assistant turns; the first user turn is
-IMAGE_TAG + "\n" + question. Rendering uses a reused Agg `Figure` (no pyplot, no global backend).
+IMAGE_TAG + "\n" + question, a visual one (chart kind or mark colour); a second may need the data. Rendering uses a reused Agg `Figure` (no pyplot, no global backend).
 """
 from __future__ import annotations
 
@@ -49,6 +49,12 @@ Q_SHARE_MAX = "Which {item} has the largest share?"
 Q_SHARE = "What share of the total is {label}?"
 Q_POINTS = "How many points are plotted?"
 Q_TREND = "Does {y} go up or down as {x} grows?"
+# visual questions a low-resolution model can answer (colour and chart kind survive a 32 px view)
+Q_COLOR = "What colour are the {marks}?"
+Q_KIND = "What kind of chart is this?"
+KIND_NAMES = {"bar": "bar chart", "barh": "horizontal bar chart", "line": "line chart", "pie": "pie chart",
+              "scatter": "scatter plot"}
+MARKS = {"bar": "bars", "barh": "bars", "line": "line", "scatter": "points"}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -103,8 +109,12 @@ def _percentages(rng: np.random.Generator, n: int) -> tuple[int, ...]:
             return tuple(int(p) for p in parts)
 
 
-def questions(spec: ChartSpec, rng: np.random.Generator) -> list[tuple[str, str]]:
-    """1-2 (question, answer) pairs, answers computed from `spec`."""
+LEGIBLE_PX = 160  # below this long side the printed values and labels are a few blurred pixels
+
+
+def questions(spec: ChartSpec, rng: np.random.Generator, legible: bool = True) -> list[tuple[str, str]]:
+    """1-2 (question, answer) pairs, answers computed from `spec`. Only questions the image can answer:
+    with `legible=False` (a small rendering) nothing that needs the printed numbers or labels."""
     v, lab = spec.values, spec.labels
     if spec.chart == "scatter":
         slope = np.polyfit(np.asarray(spec.xs), np.asarray(v), 1)[0]
@@ -120,8 +130,15 @@ def questions(spec: ChartSpec, rng: np.random.Generator) -> list[tuple[str, str]
                 (Q_MIN.format(item=spec.item), lab[int(np.argmin(v))]),
                 (Q_VALUE.format(label=lab[k]), str(v[k])),
                 (Q_COUNT.format(item=spec.item), str(len(v)))]
-    n = int(rng.integers(1, 3))
-    return [pool[int(i)] for i in rng.choice(len(pool), n, replace=False)]
+    visual = [(Q_KIND, KIND_NAMES[spec.chart])]
+    if spec.chart in MARKS:  # pies use the default colour cycle
+        visual.append((Q_COLOR.format(marks=MARKS[spec.chart]), spec.color.removeprefix("tab:")))
+    # every record opens with a question about what the chart looks like (readable at any resolution),
+    # half of them go on with one that needs its numbers or labels read (asked second, so it cannot give
+    # the first answer away)
+    out = [visual[int(rng.integers(len(visual)))]]
+    extra = [pool[int(rng.integers(len(pool)))]] if rng.random() < 0.5 else []
+    return out + (extra if legible else [])
 
 
 _FIG = None
@@ -211,7 +228,7 @@ def example(rng: np.random.Generator, record_id: str, image_size: int) -> record
     # pies need width for their outside labels; the rest also come in portrait
     aspects = (1.0, 4 / 3, 3 / 2, 16 / 9, 2.0) if spec.chart == "pie" else (1.0, 4 / 3, 3 / 2, 16 / 9, 3 / 4, 2.0)
     size = canvas.canvas_size(rng, image_size, aspects=aspects)
-    qa = questions(spec, rng)
+    qa = questions(spec, rng, legible=max(size) >= LEGIBLE_PX)
     msgs = []
     for i, (q, a) in enumerate(qa):
         msgs += [records.Message("user", f"{records.IMAGE_TAG}\n{q}" if i == 0 else q), records.Message("assistant", a)]

@@ -1,0 +1,127 @@
+"""Sweep grids and result tables (pure logic; the command is dsvl_jax/cli/sweep.py).
+
+A grid is `key=v1,v2 key2=v3,v4` (space-separated dimensions, comma-separated values; keys are config
+paths such as `train.lr`). Its points are the cartesian product in the order given; each point runs in
+its own workdir named `key=value,key2=value` and passes `--config.key=value` to the train command, so the
+values are parsed by the config's own field types. Results come from each run's metrics.jsonl.
+"""
+from __future__ import annotations
+
+import csv
+import io
+import itertools
+import json
+import math
+import os
+import re
+import sys
+from typing import Sequence
+
+Point = dict[str, str]
+
+# Columns read from a run's metrics.jsonl: the last training record's fields ...
+TRAIN_COLUMNS = ("step", "loss", "grad_norm", "tokens_per_s", "step_s", "mfu", "skipped_steps")
+# ... and the last value of every field starting with this prefix (written by train/evaluate.py records).
+EVAL_PREFIX = "eval"
+
+
+class GridError(ValueError):
+    """A malformed grid string or a key the config does not have."""
+
+
+def parse_grid(grid: str) -> list[tuple[str, list[str]]]:
+    """'train.lr=1e-3,3e-3 train.warmup_steps=5,10' -> [("train.lr", ["1e-3", "3e-3"]), ...]."""
+    dims: list[tuple[str, list[str]]] = []
+    for part in grid.split():
+        key, sep, vals = part.partition("=")
+        values = [v for v in vals.split(",") if v != ""]
+        if not sep or not re.fullmatch(r"[A-Za-z_][\w.]*", key) or not values:
+            raise GridError(f"--grid: {part!r} is not key=v1,v2 (e.g. train.lr=1e-3,3e-3)")
+        if key in (k for k, _ in dims):
+            raise GridError(f"--grid: key {key!r} appears twice")
+        dims.append((key, values))
+    if not dims:
+        raise GridError("--grid is empty: give e.g. 'train.lr=1e-3,3e-3 train.warmup_steps=5,10'")
+    return dims
+
+
+def expand(dims: Sequence[tuple[str, Sequence[str]]]) -> list[Point]:
+    """Cartesian product in grid order (the last dimension varies fastest)."""
+    keys = [k for k, _ in dims]
+    return [dict(zip(keys, combo)) for combo in itertools.product(*(v for _, v in dims))]
+
+
+def check_keys(dims: Sequence[tuple[str, Sequence[str]]], cfg) -> None:
+    """Every grid key must name an existing config field (a typo would otherwise sweep nothing)."""
+    for key, _ in dims:
+        node = cfg
+        for i, name in enumerate(key.split(".")):
+            try:
+                node = node[name]
+            except (KeyError, TypeError, AttributeError):
+                where = ".".join(key.split(".")[:i]) or "the config"
+                raise GridError(f"--grid key {key!r}: {where} has no field {name!r}") from None
+
+
+def point_name(point: Point) -> str:
+    """Workdir name of a point: 'train.lr=1e-3,train.warmup_steps=5' (path separators replaced)."""
+    return ",".join(f"{k}={v}" for k, v in point.items()).replace(os.sep, "_")
+
+
+def train_command(config_args: Sequence[str], point: Point, workdir: str, python: str = sys.executable,
+                  command: str = "train") -> list[str]:
+    """argv of one point: the base --config/--config.* flags, then the point's overrides (which win)."""
+    return [python, "-m", f"dsvl_jax.{command}", *config_args, *(f"--config.{k}={v}" for k, v in point.items()),
+            f"--workdir={workdir}"]
+
+
+def read_results(workdir: str) -> dict:
+    """Final metrics of one run: TRAIN_COLUMNS from the last training record, eval* fields from the last
+    records that have them. Empty when the run wrote nothing."""
+    path = os.path.join(workdir, "metrics.jsonl")
+    out: dict = {}
+    if not os.path.exists(path):
+        return out
+    with open(path) as f:
+        for line in f:
+            line = line.strip()
+            if not line:
+                continue
+            rec = json.loads(line)
+            if "loss" in rec:
+                out.update({k: rec[k] for k in TRAIN_COLUMNS if k in rec})
+            out.update({k: v for k, v in rec.items() if k.startswith(EVAL_PREFIX)})
+    return out
+
+
+def columns(points: Sequence[Point], rows: Sequence[dict]) -> list[str]:
+    keys = list(points[0]) if points else []
+    seen = [c for c in ("status",) + TRAIN_COLUMNS if any(c in r for r in rows)]
+    evals = sorted({k for r in rows for k in r if k.startswith(EVAL_PREFIX)})
+    return keys + seen + evals
+
+
+def _fmt(v) -> str:
+    if isinstance(v, float):
+        return "nan" if math.isnan(v) else f"{v:.4g}"
+    return "" if v is None else str(v)
+
+
+def to_csv(points: Sequence[Point], rows: Sequence[dict]) -> str:
+    cols = columns(points, rows)
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(cols)
+    for p, r in zip(points, rows):
+        merged = {**r, **p}
+        w.writerow([merged.get(c, "") for c in cols])
+    return buf.getvalue()
+
+
+def to_markdown(points: Sequence[Point], rows: Sequence[dict]) -> str:
+    cols = columns(points, rows)
+    lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+    for p, r in zip(points, rows):
+        merged = {**r, **p}
+        lines.append("| " + " | ".join(_fmt(merged.get(c)) for c in cols) + " |")
+    return "\n".join(lines) + "\n"

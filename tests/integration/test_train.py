@@ -1,0 +1,162 @@
+"""The training program: exact resume after kill -9, resume on another mesh, NaN steps, stage freezing,
+config errors before compile. One tiny corpus for the module; tiny steps."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+from dsvl_jax.cli.demo import stage_config
+from dsvl_jax.data import builders, records, shards, tokenizer
+from dsvl_jax.model.params import flatten
+from dsvl_jax.train.checkpoint import load_params
+from dsvl_jax.train.logger import read_metrics
+from dsvl_jax.train.loop import RunError, train
+from dsvl_jax.train.optim import STAGE_TRAINABLE, group_of
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+STAGES = {1: "stage1_aligner", 2: "stage2_pretrain", 3: "stage3_sft"}
+# the same run as _cfg(stage=2), typed on the command line
+CLI_OVERRIDES = ["--config.train.batch_size=8", "--config.train.seq_len=96", "--config.train.images_per_sample=1",
+                 "--config.data.modality_warmup_steps=4", "--config.checkpoint.every_steps=3",
+                 "--config.log.every_steps=1", "--config.log.progress=False", "--config.eval.every_steps=0"]
+
+
+@pytest.fixture(scope="module")
+def data_root(tmp_path_factory):
+    root = tmp_path_factory.mktemp("data")
+    dirs = builders.generate_corpus(records.KINDS, str(root), n=16, seed=0, image_size=64)
+    builders.generate_corpus(("chart",), str(root / "heldout"), n=8, seed=1, image_size=64)
+    ex = [shards.open_source(d)[i] for d in dirs.values() for i in range(16)]
+    tokenizer.train_on_examples(ex, 400, out=str(root / "tokenizer.model"))
+    return str(root)
+
+
+def _cfg(data_root, stage=2, steps=8, **train):
+    """experiments/<stage>.py:tiny with CLI_OVERRIDES applied."""
+    c = stage_config(STAGES[stage], "tiny", os.path.join(ROOT, "experiments")).unlock()
+    c.data_root = data_root
+    c.train.update(dict(steps=steps, batch_size=8, seq_len=96, images_per_sample=1), **train)
+    c.data.modality_warmup_steps = 4
+    c.checkpoint.every_steps, c.log.every_steps, c.log.progress, c.eval.every_steps = 3, 1, False, 0
+    return c
+
+
+def _losses(workdir):
+    return {r["step"]: r["loss"] for r in read_metrics(os.path.join(workdir, "metrics.jsonl")) if "loss" in r}
+
+
+def _run_until(cmd, env, work, step, sig):
+    """Start the CLI, send `sig` once metrics.jsonl reaches `step`; -> (returncode, output)."""
+    p = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    deadline = time.time() + 300
+    while time.time() < deadline:
+        if (work / "metrics.jsonl").exists() and max(_losses(work), default=0) >= step:
+            break
+        if p.poll() is not None:
+            break
+        time.sleep(0.05)
+    p.send_signal(sig)
+    out = p.communicate(timeout=120)[0].decode()
+    return p.returncode, out
+
+
+def test_kill_9_and_sigterm_then_restart_continue_bit_for_bit(data_root, tmp_path):
+    """kill -9 after the step-3 checkpoint; restart; SIGTERM (preemption) later; restart to the end: the
+    losses of every step equal an uninterrupted run's bit for bit (same data order, same state)."""
+    ref = train(_cfg(data_root, steps=10), str(tmp_path / "ref"))
+    assert ref.compiles == 1 and ref.final_dir
+    want = _losses(tmp_path / "ref")
+    assert sorted(want) == list(range(1, 11))
+
+    work = tmp_path / "interrupted"
+    cmd = [sys.executable, "-m", "dsvl_jax.train", "--config=experiments/stage2_pretrain.py:tiny",
+           f"--workdir={work}", f"--config.data_root={data_root}", "--config.train.steps=10", *CLI_OVERRIDES]
+    env = dict(os.environ, PYTHONPATH=ROOT)
+    rc, out = _run_until(cmd, env, work, 4, signal.SIGKILL)
+    assert rc == -signal.SIGKILL, out[-3000:]
+    assert max(_losses(work)) < 10, "the run finished before it was killed"
+    rc, out = _run_until(cmd, env, work, 7, signal.SIGTERM)
+    assert rc == 143 and "SIGTERM at step" in out, out[-3000:]
+    preempted = int(out.split("SIGTERM at step ")[1].split(":")[0])
+    assert preempted < 10 and (work / "checkpoints" / str(preempted)).exists()
+    done = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert json.loads(done.stdout.strip().splitlines()[-1])["step"] == 10
+    got = _losses(work)
+    assert sorted(got) == list(range(1, 11))
+    for s in range(1, 11):
+        assert got[s] == want[s], (s, got[s], want[s])  # bit for bit (floats written with repr)
+
+
+def test_resume_on_another_mesh(data_root, tmp_path):
+    a = _cfg(data_root, steps=6)
+    a.parallel.ici = dict(data=2, fsdp=2, tensor=2)
+    train(a, str(tmp_path / "run"), stop_at=3)
+    assert not (tmp_path / "run" / "final").exists()
+    b = _cfg(data_root, steps=6)
+    b.parallel.ici = dict(data=8, fsdp=1, tensor=1)
+    train(b, str(tmp_path / "run"))
+    ref = _cfg(data_root, steps=6)
+    ref.parallel.ici = dict(data=2, fsdp=2, tensor=2)
+    train(ref, str(tmp_path / "ref"))
+    got, want = _losses(tmp_path / "run"), _losses(tmp_path / "ref")
+    assert sorted(got) == list(range(1, 7))
+    np.testing.assert_allclose([got[s] for s in range(1, 7)], [want[s] for s in range(1, 7)], rtol=1e-5, atol=1e-5)
+
+
+def test_nan_batch_is_skipped_and_checkpoints_stay_finite(data_root, tmp_path):
+    c = _cfg(data_root, steps=5)
+    res = train(c, str(tmp_path / "run"), fail_at_step=2)
+    recs = read_metrics(str(tmp_path / "run" / "metrics.jsonl"))
+    assert [r["skipped_steps"] for r in recs] == [0, 0, 1, 1, 1]
+    assert recs[2]["loss"] == "nan" and np.isfinite(recs[3]["loss"])
+    assert res.skipped_steps == 1
+    _, params = load_params(res.final_dir)
+    assert all(np.isfinite(np.asarray(v)).all() for v in flatten(params).values())
+    # a run of them stops the run with the reason
+    c = _cfg(data_root, steps=8, max_bad_steps=1)
+    with pytest.raises(RunError, match="non-finite steps in a row"):
+        train(c, str(tmp_path / "stop"), fail_at_step=1)
+
+
+def test_each_stage_leaves_its_frozen_parts_unchanged(data_root, tmp_path):
+    prev, before = "", None
+    for stage in (1, 2, 3):
+        c = _cfg(data_root, stage=stage, steps=2)
+        c.init_from = prev
+        res = train(c, str(tmp_path / f"s{stage}"))
+        _, after = load_params(res.final_dir)
+        after = {k: np.asarray(v) for k, v in flatten(after).items()}
+        if before is not None:
+            for k, v in after.items():
+                if group_of(k) in STAGE_TRAINABLE[stage]:
+                    continue
+                assert np.array_equal(v, before[k]), f"stage {stage} changed frozen {k}"
+            moved = {group_of(k) for k, v in after.items() if not np.array_equal(v, before[k])}
+            assert moved == set(STAGE_TRAINABLE[stage]), (stage, moved)
+        before, prev = after, res.workdir
+
+
+def _cli(*args):
+    return subprocess.run([sys.executable, "-m", "dsvl_jax.train", *args], cwd=ROOT, capture_output=True, text=True,
+                          env=dict(os.environ, PYTHONPATH=ROOT), timeout=120)
+
+
+def test_bad_configs_fail_with_one_line_before_compiling(data_root, tmp_path):
+    base = ["--config=experiments/stage1_aligner.py:tiny", f"--workdir={tmp_path / 'w'}",
+            f"--config.data_root={data_root}"]
+    p = _cli(*base, "--config.train.trainable=()")
+    assert p.returncode == 2 and p.stderr.strip().splitlines()[-1].startswith("error: train.trainable is empty")
+    p = _cli(*base, "--config.parallel.ici.data=3")
+    assert p.returncode == 2 and "error:" in p.stderr.strip().splitlines()[-1] and "8" in p.stderr.splitlines()[-1]
+    p = _cli(*base, "--config.train.bogus=1")
+    assert p.returncode != 0 and "bogus" in p.stderr
+    c = _cfg(data_root, steps=2, batch_size=6)
+    with pytest.raises(RunError, match="batch_size=6 .* not divisible by the 8 batch shards"):
+        train(c, str(tmp_path / "x"))
+    assert not (tmp_path / "w" / "checkpoints").exists()
