@@ -21,7 +21,7 @@ import numpy as np
 from dsvl_jax.data import pipeline, records
 from dsvl_jax.data.preprocess import image_spec, normalize_batch, preprocess
 from dsvl_jax.model.config import ModelConfig
-from dsvl_jax.model.decode import greedy_generate
+from dsvl_jax.model.decode import generate
 from dsvl_jax.model.params import flatten
 from dsvl_jax.parallel.sharding import shard_host_batch
 from dsvl_jax.train.step import batch_shardings, loss_sums
@@ -114,9 +114,9 @@ class Evaluator:
                     if hp is not None:
                         hp[r, k] = v["high_pixels"]
             norm = normalize_batch({"pixels": px, "high_pixels": hp} if hp is not None else {"pixels": px}, self.spec)
-            new = greedy_generate(self.mcfg, params, jnp.asarray(ids), jnp.asarray(mask), norm["pixels"],
-                                  norm.get("high_pixels"), max_new_tokens=self.cfg.eval.max_new_tokens,
-                                  eos_id=self.tok.eos_id, pad_id=self.tok.pad_id)
+            new = generate(self.mcfg, params, ids, mask, norm["pixels"], norm.get("high_pixels"),
+                           max_new_tokens=self.cfg.eval.max_new_tokens, stop_ids=self.tok.eos_id,
+                           pad_id=self.tok.pad_id, vocab_limit=self.tok.vocab_size)
             for r in range(len(chunk)):
                 toks = [int(x) for x in np.asarray(new[r])]
                 if self.tok.eos_id in toks:

@@ -79,6 +79,7 @@ class MetricsLogger:
     def close(self) -> None:
         if not self.enabled:
             return
+        self.enabled = False
         self._f.close()
         if self._tb is not None:
             self._tb.close()

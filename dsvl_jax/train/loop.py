@@ -118,12 +118,12 @@ class _Sigterm:
 
 
 def train(cfg, workdir: str, *, sources=None, eval_sources=None, stop_at: int | None = None,
-          fail_at_step: int | None = None) -> RunResult:
+          fail_at_steps: tuple[int, ...] = ()) -> RunResult:
     """Run (or resume) the configured training in `workdir`.
 
     `sources` / `eval_sources` replace data.sources / eval.sources (tests); `stop_at` ends this process
-    after that step with a checkpoint (the run itself continues on the next call); `fail_at_step`
-    injects a non-finite batch (tests)."""
+    after that step with a checkpoint (the run itself continues on the next call); `fail_at_steps`
+    inject non-finite batches (tests)."""
     distributed.initialize(cfg.parallel)
     mcfg = validate(cfg) if sources is None else model_config_from_dict(cfg.model)
     t = cfg.train
@@ -182,46 +182,46 @@ def train(cfg, workdir: str, *, sources=None, eval_sources=None, stop_at: int | 
     tick = time.perf_counter()
     step = start
     end = t.steps if stop_at is None else min(t.steps, stop_at)
-    with _Sigterm() as sig:
-        while step < end:
-            t0 = time.perf_counter()
-            host_batch = next(data_iter)
-            t1 = time.perf_counter()
-            if fail_at_step is not None and step == fail_at_step:  # tests: an injected bad batch
-                host_batch = dict(host_batch, loss_mask=host_batch["loss_mask"] * np.float32("nan"))
-            hs = _host_stats(host_batch, mcfg.image_token_id)
-            state, metrics = step_fn(state, shard_host_batch(host_batch, mesh, rules))
-            step += 1
-            if pending is not None:  # read the previous step's metrics while this one runs
-                last, bad_run, skipped_total = _finish(pending, last, bad_run, skipped_total, t, logger, cfg,
-                                                       flops, peak, acc)
-            now = time.perf_counter()
-            acc["data_s"] += t1 - t0
-            acc["wall_s"] += now - tick
-            tick = now
-            acc["text_tokens"] += hs["text_tokens"]
-            acc["image_tokens"] += hs["image_tokens"]
-            acc["n"] += 1
-            pending = (step, metrics)
-            if evaluator is not None and step % cfg.eval.every_steps == 0:
-                rec = {"step": step, **evaluator.run(state.params)}
-                logger.write(rec)
-                last.update(rec)
-            ckpt_now = step % cfg.checkpoint.every_steps == 0 or step == end or sig.hit
-            if ckpt_now:  # log this step first, so the checkpoint's counters include it
-                last, bad_run, skipped_total = _finish(pending, last, bad_run, skipped_total, t, logger, cfg,
-                                                       flops, peak, acc)
-                pending = None
-                save(step, state, force=sig.hit)
-            if sig.hit:
-                ckpts.close()
-                logger.close()
-                raise Preempted(f"SIGTERM at step {step}: checkpoint saved in {ckpts.directory}")
-        if pending is not None:
-            last, bad_run, skipped_total = _finish(pending, last, bad_run, skipped_total, t, logger, cfg, flops,
-                                                   peak, acc, force=True)
-    ckpts.close()
-    logger.close()
+    try:  # a failing run still finishes its in-flight (async) checkpoint writes
+        with _Sigterm() as sig:
+            while step < end:
+                t0 = time.perf_counter()
+                host_batch = next(data_iter)
+                t1 = time.perf_counter()
+                if step in fail_at_steps:  # tests: an injected bad batch
+                    host_batch = dict(host_batch, loss_mask=host_batch["loss_mask"] * np.float32("nan"))
+                hs = _host_stats(host_batch, mcfg.image_token_id)
+                state, metrics = step_fn(state, shard_host_batch(host_batch, mesh, rules))
+                step += 1
+                if pending is not None:  # read the previous step's metrics while this one runs
+                    last, bad_run, skipped_total = _finish(pending, last, bad_run, skipped_total, t, logger, cfg,
+                                                           flops, peak, acc)
+                now = time.perf_counter()
+                acc["data_s"] += t1 - t0
+                acc["wall_s"] += now - tick
+                tick = now
+                acc["text_tokens"] += hs["text_tokens"]
+                acc["image_tokens"] += hs["image_tokens"]
+                acc["n"] += 1
+                pending = (step, metrics)
+                if evaluator is not None and step % cfg.eval.every_steps == 0:
+                    rec = {"step": step, **evaluator.run(state.params)}
+                    logger.write(rec)
+                    last.update(rec)
+                ckpt_now = step % cfg.checkpoint.every_steps == 0 or step == end or sig.hit
+                if ckpt_now:  # log this step first, so the checkpoint's counters include it
+                    last, bad_run, skipped_total = _finish(pending, last, bad_run, skipped_total, t, logger, cfg,
+                                                           flops, peak, acc, force=step == end or sig.hit)
+                    pending = None
+                    save(step, state, force=sig.hit)
+                if sig.hit:
+                    raise Preempted(f"SIGTERM at step {step}: checkpoint saved in {ckpts.directory}")
+            if pending is not None:
+                last, bad_run, skipped_total = _finish(pending, last, bad_run, skipped_total, t, logger, cfg, flops,
+                                                       peak, acc, force=True)
+    finally:
+        ckpts.close()
+        logger.close()
     final = ""
     if step >= t.steps:  # the stage is complete: its params are the next stage's init_from
         from dsvl_jax.train.checkpoint import save_params
@@ -260,7 +260,8 @@ def _finish(pending, last, bad_run, skipped_total, t, logger, cfg, flops, peak, 
         n = max(acc["n"], 1)
         step_s = acc["wall_s"] / n
         rec = {"step": step, "loss": m["loss"], "learning_rate": m["learning_rate"], "grad_norm": m["grad_norm"],
-               "z_loss": m["z_loss"], "loss_tokens": int(m["tokens"]), "skipped_steps": skipped_total,
+               "z_loss": m["z_loss"], "loss_tokens": int(m["tokens"]) if np.isfinite(m["tokens"]) else 0,
+               "skipped_steps": skipped_total,
                "step_s": step_s, "tokens_per_s": (acc["text_tokens"] + acc["image_tokens"]) / max(acc["wall_s"], 1e-9),
                "text_tokens_per_s": acc["text_tokens"] / max(acc["wall_s"], 1e-9),
                "image_tokens_per_s": acc["image_tokens"] / max(acc["wall_s"], 1e-9),

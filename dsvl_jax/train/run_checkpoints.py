@@ -74,5 +74,7 @@ class RunCheckpoints:
         self.mngr.wait_until_finished()
 
     def close(self) -> None:
-        self.mngr.wait_until_finished()
-        self.mngr.close()
+        if self.mngr is not None:
+            self.mngr.wait_until_finished()
+            self.mngr.close()
+            self.mngr = None

@@ -30,6 +30,7 @@ def test_demo_then_convert_round_trip(tmp_path):
     for f in ("stage3/final/model_config.json", "stage3/final/tokenizer.model", "stage1/metrics.jsonl",
               "plots/loss.png", "stage2/tensorboard"):
         assert (out / f).exists(), f
+    _check_frozen_parts(out)
     # final params (with their tokenizer) -> HF folder -> dsvl_jax checkpoint -> HF folder: same tensors.
     hf, ckpt, hf2 = tmp_path / "hf", tmp_path / "ckpt", tmp_path / "hf2"
     _run("dsvl_jax.convert", "to-hf", f"--checkpoint={out / 'stage3' / 'final'}", f"--out={hf}")
@@ -39,6 +40,23 @@ def test_demo_then_convert_round_trip(tmp_path):
     from dsvl_jax.interop.hf_import import read_safetensors
     a, b = read_safetensors(str(hf)), read_safetensors(str(hf2))
     assert a.keys() == b.keys() and all(np.array_equal(a[k], b[k]) for k in a)
+
+
+def _check_frozen_parts(out):
+    """Across each stage the groups it freezes stay bit-identical (stage 1 starts from the seed's init)."""
+    import jax
+    from dsvl_jax.model.params import flatten, init_params
+    from dsvl_jax.train.checkpoint import load_params
+    from dsvl_jax.train.optim import STAGE_TRAINABLE, group_of
+
+    cfg, _ = load_params(str(out / "stage1" / "final"))
+    before = {k: np.asarray(v) for k, v in flatten(init_params(cfg, jax.random.key(0))).items()}
+    for stage in (1, 2, 3):
+        _, p = load_params(str(out / f"stage{stage}" / "final"))
+        after = {k: np.asarray(v) for k, v in flatten(p).items()}
+        moved = {group_of(k) for k in after if not np.array_equal(after[k], before[k])}
+        assert moved and moved <= set(STAGE_TRAINABLE[stage]), (stage, moved)
+        before = after
 
 
 def test_convert_usage_error():
