@@ -116,7 +116,8 @@ def run(cfg) -> dict:
                         peak=peak, ici_bytes_per_s=topo.gen.ici_bytes_per_s, efficiency=FLAGS.efficiency)
     fit_mb = [a for a in search.attempts.values() if a.fits]
     res = {
-        "topology": topo.name, "num_slices": topo.num_slices, "libtpu_topology": topo.libtpu_name, "chips": len(devices),
+        "topology": topo.name, "num_slices": topo.num_slices, "libtpu_topology": topo.libtpu_name,
+        "chips": len(devices),
         "device_kind": kind, "mesh": dict(mesh.shape), "stage": int(t.stage), "model": mcfg.vision,
         "llm_layers": mcfg.llm.layers, "attention": mcfg.attention, "remat_policy": mcfg.remat_policy,
         "bytes_per_chip": best.bytes_per_chip, "hbm_bytes_per_chip": hbm, "fits": best.fits,
@@ -126,7 +127,8 @@ def run(cfg) -> dict:
         "max_microbatch_rows_fit": max((a.batch_size // a.microbatches for a in fit_mb), default=0),
         "seq_len": int(t.seq_len), "images_per_sample": int(t.images_per_sample),
         "tokens_per_step": best.batch_size * int(t.seq_len),
-        **proj, "search": FLAGS.search, "compile_s": round(best.compile_s, 1), "search_s": round(total_s, 1),
+        **proj, "search": FLAGS.search, "search_budget_used_up": search.exhausted,
+        "compile_s": round(best.compile_s, 1), "search_s": round(total_s, 1),
         "attempts": [{"global_batch": a.batch_size, "microbatches": a.microbatches, "fits": a.fits,
                       "bytes_per_chip": a.bytes_per_chip, "compile_s": round(a.compile_s, 1)}
                      for a in search.attempts.values()],
@@ -135,7 +137,8 @@ def run(cfg) -> dict:
     verdict = "fits" if best.fits else "does NOT fit"
     print(f"{verdict}: {best.batch_size} sequences as {best.microbatches} micro-batch(es) "
           f"({res['rows_per_chip_per_microbatch']:g} rows/chip each), {best.bytes_per_chip / 2**30:.2f} GiB/chip of "
-          f"{hbm / 2**30:.2f}; {proj['flops_per_step']:.3g} FLOPs/step, projected {proj['projected_step_s']:.3g} s/step, "
+          f"{hbm / 2**30:.2f}; {proj['flops_per_step']:.3g} FLOPs/step, "
+          f"projected {proj['projected_step_s']:.3g} s/step, "
           f"MFU {proj['projected_mfu']:.0%} ({proj['assumption']})", flush=True)
     return res
 

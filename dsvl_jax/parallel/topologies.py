@@ -7,9 +7,9 @@ this table is the one place that knows the slice shapes. One device per chip eve
 "megacore" mode), so per-device compile figures are per-chip figures.
 
 HBM is what the compiler lets one program use, as libtpu 0.0.42 reports it in RESOURCE_EXHAUSTED errors
-(v5p 95.74 GiB of 96 GB, v4 30.75 of 32, v6e 31.25 of 32, v5e 15.75 of 16); ICI bandwidth per chip (all
-links) is the vendor figure from the Cloud TPU system-architecture pages. Peak FLOP/s live in train/metrics.py:PEAK_FLOPS,
-keyed by the device kind the compile-only devices report.
+(v5p 95.74 GiB, v4 30.75, v6e 31.25, v5e 15.75: a little under the chips' capacity); ICI bandwidth per chip (all
+links) is the vendor figure from the Cloud TPU system-architecture pages. Peak FLOP/s live in
+train/metrics.py:PEAK_FLOPS, keyed by the device kind the compile-only devices report.
 """
 from __future__ import annotations
 

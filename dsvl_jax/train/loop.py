@@ -76,9 +76,11 @@ def validate(cfg) -> ModelConfig:
 
 
 def _host_stats(batch: dict, image_token_id: int) -> dict:
+    """Token counts of this host's rows, scaled to the global batch (hosts feed equal shares)."""
     seg = batch["segments"] > 0
     img = (batch["ids"] == image_token_id) & seg
-    return {"text_tokens": int(seg.sum() - img.sum()), "image_tokens": int(img.sum()),
+    n = jax.process_count()
+    return {"text_tokens": n * int(seg.sum() - img.sum()), "image_tokens": n * int(img.sum()),
             "loss_tokens": int(np.count_nonzero(batch["loss_mask"]))}
 
 
@@ -92,7 +94,9 @@ def _load_init(path: str, cfg: ModelConfig, shardings) -> Any:
         return load_params(path, cfg, shardings)[1]
     if any(f.endswith(".safetensors") for f in os.listdir(path)):
         from dsvl_jax.interop.hf_import import load_hf
-        hcfg, params = load_hf(path)
+        from dsvl_jax.train.checkpoint import check_against
+        _, params = load_hf(path, scan_layers=cfg.scan_layers)
+        check_against(cfg, {k: tuple(np.shape(v)) for k, v in flatten(params).items()}, path)
         return jax.tree.map(lambda x, s: jax.device_put(np.asarray(x, np.float32), s), params, shardings)
     raise RunError(f"init_from={path}: not a run dir (final/), a dsvl_jax checkpoint or an HF folder")
 

@@ -24,8 +24,8 @@ def test_grid_parsing_and_names():
     dims = S.parse_grid(GRID)
     assert dims == [("train.lr", ["1e-3", "3e-3"]), ("train.warmup_steps", ["1", "2"])]
     pts = S.expand(dims)
-    assert [S.point_name(p) for p in pts] == ["train.lr=1e-3,train.warmup_steps=1", "train.lr=1e-3,train.warmup_steps=2",
-                                              "train.lr=3e-3,train.warmup_steps=1", "train.lr=3e-3,train.warmup_steps=2"]
+    assert [S.point_name(p) for p in pts] == [f"train.lr={lr},train.warmup_steps={w}"
+                                              for lr in ("1e-3", "3e-3") for w in (1, 2)]
     cmd = S.train_command(["--config=x.py:tiny", "--config.train.steps=3"], pts[1], "/w/p", python="python")
     assert cmd == ["python", "-m", "dsvl_jax.train", "--config=x.py:tiny", "--config.train.steps=3",
                    "--config.train.lr=1e-3", "--config.train.warmup_steps=2", "--workdir=/w/p"]
@@ -70,7 +70,8 @@ def test_local_sweep_2x2_writes_workdirs_and_table(tmp_path):
     assert names == sorted(S.point_name(pt) for pt in S.expand(S.parse_grid(GRID)))
     for pt in S.expand(S.parse_grid(GRID)):
         cfg = json.loads((sw / S.point_name(pt) / "config.json").read_text())  # each run got its point's values
-        assert cfg["train"]["lr"] == float(pt["train.lr"]) and cfg["train"]["warmup_steps"] == int(pt["train.warmup_steps"])
+        assert cfg["train"]["lr"] == float(pt["train.lr"])
+        assert cfg["train"]["warmup_steps"] == int(pt["train.warmup_steps"])
     rows = list(csv.DictReader(open(sw / "results.csv")))
     assert [(r["train.lr"], r["train.warmup_steps"]) for r in rows] == [("1e-3", "1"), ("1e-3", "2"), ("3e-3", "1"),
                                                                         ("3e-3", "2")]

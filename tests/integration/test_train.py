@@ -51,7 +51,7 @@ def ref_run(data_root, tmp_path_factory):
     work = tmp_path_factory.mktemp("ref")
     res = train(_cfg(data_root, steps=10), str(work))
     assert res.compiles == 1 and res.final_dir
-    return _losses(work)
+    return {"losses": _losses(work), "final_dir": res.final_dir}
 
 
 def _losses(workdir):
@@ -77,7 +77,7 @@ def test_kill_9_then_restart_continues_bit_for_bit_and_sigterm_checkpoints(data_
     """kill -9 after the step-3 checkpoint, restart: every loss after the restart equals the uninterrupted
     run's bit for bit (same data order, same state). That restart is then preempted (SIGTERM): it saves a
     checkpoint at the step it reached and exits 143."""
-    want = ref_run
+    want = ref_run["losses"]
     assert sorted(want) == list(range(1, 11))
     work = tmp_path / "interrupted"
     cmd = [sys.executable, "-m", "dsvl_jax.train", "--config=experiments/stage2_pretrain.py:tiny",
@@ -108,7 +108,7 @@ def test_resume_on_another_mesh(data_root, ref_run, tmp_path):
     res = train(b, str(tmp_path / "run"))
     got = _losses(tmp_path / "run")
     assert sorted(got) == list(range(1, 11)) and res.final_dir
-    np.testing.assert_allclose([got[s] for s in range(1, 11)], [ref_run[s] for s in range(1, 11)], rtol=2e-5,
+    np.testing.assert_allclose([got[s] for s in range(1, 11)], [ref_run["losses"][s] for s in range(1, 11)], rtol=2e-5,
                                atol=2e-5)
 
 
@@ -136,6 +136,29 @@ def test_nan_batches_are_skipped_and_a_run_of_them_stops_the_run(data_root, tmp_
     state, meta = ck.restore(3, abstract, None)
     assert meta["skipped_steps"] == 1 and int(state.step) == 2  # the skipped batch did not count as an update
     assert all(np.isfinite(np.asarray(v)).all() for v in jax.tree.leaves(state))
+
+
+def test_init_from_an_hf_folder_or_a_run_dir(data_root, ref_run, tmp_path):
+    """init_from accepts a previous run dir (its final/) and an HF save_pretrained folder: same params."""
+    from dsvl_jax.interop.hf_export import save_hf
+    from dsvl_jax.model.config import model_config_from_dict
+    from dsvl_jax.parallel.mesh import build_mesh
+    from dsvl_jax.parallel.rules import rules_from_config
+    from dsvl_jax.train.loop import _load_init
+    from dsvl_jax.train.state import StateFactory
+
+    c = _cfg(data_root)
+    mcfg = model_config_from_dict(c.model)
+    f = StateFactory(mcfg, c.train, build_mesh(c.parallel), rules_from_config(c.parallel.rules_override))
+    _, want = load_params(ref_run["final_dir"])
+    save_hf(str(tmp_path / "hf"), mcfg, want)
+    for src in (os.path.dirname(ref_run["final_dir"]), str(tmp_path / "hf")):
+        got = _load_init(src, mcfg, f.shardings.params)
+        a, b = flatten(got), flatten(want)
+        assert a.keys() == b.keys() and all(np.array_equal(np.asarray(a[k]), np.asarray(b[k])) for k in a), src
+        assert all(a[k].sharding == s for k, s in flatten(f.shardings.params).items())
+    with pytest.raises(RunError, match="not a run dir"):
+        _load_init(str(tmp_path), mcfg, f.shardings.params)
 
 
 def _cli(*args):
