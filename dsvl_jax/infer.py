@@ -230,12 +230,9 @@ class Engine:
 
 
 def check_tokenizer(cfg: ModelConfig, tok: Tokenizer) -> None:
-    if tok.image_token_id != cfg.image_token_id:
-        raise InferenceError(f"tokenizer {tok.source}: image token id {tok.image_token_id} != model.image_token_id "
-                             f"{cfg.image_token_id}; is it the tokenizer the model was trained with?")
-    if tok.vocab_size > cfg.llm.vocab_size:
-        raise InferenceError(f"tokenizer {tok.source}: vocab size {tok.vocab_size} exceeds model.llm.vocab_size "
-                             f"{cfg.llm.vocab_size}")
+    from dsvl_jax.data.tokenizer import model_mismatch
+    if why := model_mismatch(tok, cfg.image_token_id, cfg.llm.vocab_size):
+        raise InferenceError(why + "; is it the tokenizer the model was trained with?")
 
 
 def param_shardings(cfg: ModelConfig, mesh_shape: Mapping[str, int] | Sequence[int],

@@ -63,7 +63,7 @@ class ToSample:
             from dsvl_jax.data import preprocess, tokenizer
             self._tok = tokenizer.load_tokenizer(self.tokenizer_path)
             self._spec = preprocess.image_spec(self.model_cfg)
-            check_tokenizer(self._tok, self.model_cfg, self.tokenizer_path)
+            check_tokenizer(self._tok, self.model_cfg)
         return self._tok, self._spec
 
     def __call__(self, ex: records.Example | Mapping) -> Sample | Skipped:
@@ -89,13 +89,10 @@ def system_prompt_text(name: str) -> str:
     return DEFAULT_SYSTEM_PROMPT if name == "default" else name
 
 
-def check_tokenizer(tok, model_cfg, where: str) -> None:
-    if tok.image_token_id != model_cfg.image_token_id:
-        raise DataError(f"tokenizer {where}: image token id {tok.image_token_id} != model.image_token_id "
-                        f"{model_cfg.image_token_id}; set --config.model.image_token_id={tok.image_token_id}")
-    if tok.vocab_size > model_cfg.llm.vocab_size:
-        raise DataError(f"tokenizer {where}: vocab size {tok.vocab_size} > model.llm.vocab_size "
-                        f"{model_cfg.llm.vocab_size}")
+def check_tokenizer(tok, model_cfg) -> None:
+    from dsvl_jax.data.tokenizer import model_mismatch
+    if why := model_mismatch(tok, model_cfg.image_token_id, model_cfg.llm.vocab_size):
+        raise DataError(why + " (set --config.model.image_token_id / model.llm.vocab_size to match)")
 
 
 def fit_to_row(s: Sample, seq_len: int, image_slots: int, image_token_id: int,

@@ -315,3 +315,13 @@ def load_tokenizer(path: str | os.PathLike) -> Tokenizer:
     if not p.exists():
         raise FileNotFoundError(f"tokenizer {p} not found (expected a .model file, a tokenizer.json or its folder)")
     raise TokenizerError(f"tokenizer {p}: unknown kind (expected a .model file, a tokenizer.json or its folder)")
+
+
+def model_mismatch(tok: "Tokenizer", image_token_id: int, vocab_rows: int) -> str:
+    """Why `tok` cannot feed a model with this image token id and embedding size ("" if it can)."""
+    if tok.image_token_id != image_token_id:
+        return (f"tokenizer {tok.source}: image token id {tok.image_token_id} != model.image_token_id "
+                f"{image_token_id}")
+    if tok.vocab_size > vocab_rows:
+        return f"tokenizer {tok.source}: vocab size {tok.vocab_size} > model.llm.vocab_size {vocab_rows}"
+    return ""
