@@ -80,7 +80,7 @@ def run_defaults(c: ml_collections.ConfigDict) -> None:
     # eval.sources: like data.sources (held-out records); loss over `batches` batches, and exact match of
     # greedy answers on up to `qa_items` question/answer records
     c.eval = ml_collections.ConfigDict(dict(every_steps=0, batches=2, sources=ml_collections.ConfigDict(),
-                                            qa_items=32, max_new_tokens=8, prompt_len=0))
+                                            qa_items=32, max_new_tokens=8))
 
 
 def base_config(size: str = "tiny") -> ml_collections.ConfigDict:

@@ -19,9 +19,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from dsvl_jax.data import pipeline, records
-from dsvl_jax.data.preprocess import image_spec, normalize_batch, preprocess
 from dsvl_jax.model.config import ModelConfig
-from dsvl_jax.model.decode import generate
 from dsvl_jax.model.params import flatten
 from dsvl_jax.parallel.sharding import shard_host_batch
 from dsvl_jax.train.step import batch_shardings, loss_sums
@@ -58,7 +56,6 @@ class Evaluator:
         self.cfg, self.mcfg, self.factory = cfg, mcfg, factory
         self.sources = sources if sources is not None else pipeline.open_configured_sources(cfg.eval)
         self.tok = load_tokenizer(cfg.data.tokenizer)
-        self.spec = image_spec(mcfg)
         self.items = qa_items(self.sources, cfg.eval.qa_items)
         self.system = pipeline.system_prompt_text(cfg.data.system_prompt)
         self._loss = None
@@ -88,41 +85,13 @@ class Evaluator:
 
     # -- exact match ---------------------------------------------------------------------------
     def answers(self, params, items: list[records.Example], batch: int = 8) -> list[str]:
-        from dsvl_jax.data.template import render_generation_prompt
+        """Greedy answers to each item's question(s) (everything before its last message)."""
+        from dsvl_jax.infer import Engine
 
-        n_img = self.mcfg.num_image_tokens
-        prompts = [render_generation_prompt(ex.messages[:-1], self.tok, n_img, default_system=self.system).ids
-                   for ex in items]
-        plen = self.cfg.eval.prompt_len or max(len(p) for p in prompts)
-        slots = max(1, max(len(ex.images) for ex in items))
-        out = []
-        for i in range(0, len(items), batch):
-            chunk, ps = items[i:i + batch], prompts[i:i + batch]
-            b = batch  # fixed shapes: pad the last chunk with copies of its first item
-            ids = np.full((b, plen), self.tok.pad_id, np.int32)
-            mask = np.zeros((b, plen), np.int32)
-            px = np.zeros((b, slots, self.spec.low_size, self.spec.low_size, 3), np.uint8)
-            hp = np.zeros((b, slots, self.spec.high_size, self.spec.high_size, 3), np.uint8) \
-                if self.spec.high_size else None
-            for r in range(b):
-                j = min(r, len(chunk) - 1)
-                p = ps[j][-plen:]
-                ids[r, plen - len(p):], mask[r, plen - len(p):] = p, 1
-                for k, img in enumerate(chunk[j].images):
-                    v = preprocess(records.decode_image(img), self.spec)
-                    px[r, k] = v["pixels"]
-                    if hp is not None:
-                        hp[r, k] = v["high_pixels"]
-            norm = normalize_batch({"pixels": px, "high_pixels": hp} if hp is not None else {"pixels": px}, self.spec)
-            new = generate(self.mcfg, params, ids, mask, norm["pixels"], norm.get("high_pixels"),
-                           max_new_tokens=self.cfg.eval.max_new_tokens, stop_ids=self.tok.eos_id,
-                           pad_id=self.tok.pad_id, vocab_limit=self.tok.vocab_size)
-            for r in range(len(chunk)):
-                toks = [int(x) for x in np.asarray(new[r])]
-                if self.tok.eos_id in toks:
-                    toks = toks[:toks.index(self.tok.eos_id)]
-                out.append(self.tok.decode(toks, skip_special=True).strip())
-        return out
+        eng = Engine(self.mcfg, params, self.tok, batch_size=batch, system_prompt=self.system)
+        prompts = eng.prompts([ex.messages[:-1] for ex in items], [ex.images for ex in items])
+        new = eng.generate_ids(prompts, max_new_tokens=self.cfg.eval.max_new_tokens)
+        return [eng.decode_answer(row) for row in new]
 
     def exact_match(self, params) -> dict:
         if not self.items:
