@@ -3,7 +3,7 @@
 The runner takes any `predict(items) -> list[str]` (one answer per item), so scoring is tested
 without a model; `model_predictor` builds the one the CLI uses: the "deepseek" template
 (IMAGE_TAG + "\\n" + prompt as the user turn), HF-exact preprocessing, greedy decoding with the KV
-cache (`model.decode.greedy_generate`) until EOS, fixed shapes (batch padded to `batch_size`
+cache (`infer.Engine`, i.e. `model.decode.generate`) until EOS, fixed shapes (batch padded to `batch_size`
 rows, prompts left-padded to a multiple of `length_bucket`) so a run compiles once per bucket.
 
 Per-item problems found while predicting (an image that does not decode, a prompt longer than the
@@ -104,16 +104,13 @@ def model_predictor(cfg, params, tokenizer, *, batch_size: int = 8, max_new_toke
     `system_prompt` None = DeepSeek-VL's default, "" = none. Items with more than one image are not
     supported (benchmarks here have one). Raises ItemError("prompt_too_long") / BadRecord (image).
     """
-    import jax.numpy as jnp
-
-    from dsvl_jax.data.preprocess import image_spec, normalize_batch, preprocess
     from dsvl_jax.data.records import Message, decode_image
     from dsvl_jax.data.template import DEFAULT_SYSTEM_PROMPT, render_generation_prompt
-    from dsvl_jax.model.decode import greedy_generate
+    from dsvl_jax.infer import Engine
 
-    spec = image_spec(cfg)
     system = DEFAULT_SYSTEM_PROMPT if system_prompt is None else system_prompt
     n_img, limit = cfg.num_image_tokens, cfg.llm.max_position
+    engine = Engine(cfg, params, tokenizer, batch_size=batch_size, length_bucket=length_bucket, system_prompt=system)
 
     def prompt_ids(it: EvalItem) -> np.ndarray:
         text = it.prompt(open_suffix)
@@ -125,38 +122,12 @@ def model_predictor(cfg, params, tokenizer, *, batch_size: int = 8, max_new_toke
                                                f"model.llm.max_position {limit}")
         return ids
 
-    def answer(new: np.ndarray) -> str:
-        toks = [int(x) for x in new]
-        if tokenizer.eos_id in toks:
-            toks = toks[:toks.index(tokenizer.eos_id)]
-        toks = [t for t in toks if t < tokenizer.vocab_size]  # embedding rows past the tokenizer
-        return tokenizer.decode(toks, skip_special=True).strip()
-
     def predict(items: Sequence[EvalItem]) -> list[str]:
         if len(items) > batch_size:
             raise ValueError(f"{len(items)} items > batch_size {batch_size}")
-        prompts = [prompt_ids(it) for it in items]
-        views = [None if it.image is None else preprocess(decode_image(it.image_bytes(), record_id=it.id), spec)
-                 for it in items]
-        length = -(-max(len(p) for p in prompts) // length_bucket) * length_bucket
-        length = min(length, limit - max_new_tokens)
-        ids = np.full((batch_size, length), tokenizer.pad_id, np.int32)
-        mask = np.zeros((batch_size, length), np.int32)
-        px = np.zeros((batch_size, 1, spec.low_size, spec.low_size, 3), np.uint8)
-        hp = np.zeros((batch_size, 1, spec.high_size, spec.high_size, 3), np.uint8) if spec.hybrid else None
-        for r in range(batch_size):  # rows past the items repeat the first one (fixed shapes)
-            j = r if r < len(items) else 0
-            p = prompts[j]
-            ids[r, length - len(p):], mask[r, length - len(p):] = p, 1
-            if views[j] is not None:
-                px[r, 0] = views[j]["pixels"]
-                if hp is not None:
-                    hp[r, 0] = views[j]["high_pixels"]
-        norm = normalize_batch({"pixels": px, **({"high_pixels": hp} if hp is not None else {})}, spec)
-        new = greedy_generate(cfg, params, jnp.asarray(ids), jnp.asarray(mask), jnp.asarray(norm["pixels"]),
-                              None if hp is None else jnp.asarray(norm["high_pixels"]),
-                              max_new_tokens=max_new_tokens, eos_id=tokenizer.eos_id, pad_id=tokenizer.pad_id)
-        new = np.asarray(new)
-        return [answer(new[r]) for r in range(len(items))]
+        prompts = [(prompt_ids(it), [] if it.image is None else [decode_image(it.image_bytes(), record_id=it.id)])
+                   for it in items]
+        new = engine.generate_ids(prompts, max_new_tokens=max_new_tokens)
+        return [engine.decode_answer(row) for row in new]
 
     return predict
