@@ -80,8 +80,7 @@ def _host_stats(batch: dict, image_token_id: int) -> dict:
     seg = batch["segments"] > 0
     img = (batch["ids"] == image_token_id) & seg
     n = jax.process_count()
-    return {"text_tokens": n * int(seg.sum() - img.sum()), "image_tokens": n * int(img.sum()),
-            "loss_tokens": int(np.count_nonzero(batch["loss_mask"]))}
+    return {"text_tokens": n * int(seg.sum() - img.sum()), "image_tokens": n * int(img.sum())}
 
 
 def _load_init(path: str, cfg: ModelConfig, shardings) -> Any:
