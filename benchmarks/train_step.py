@@ -1,12 +1,15 @@
 """Train-step throughput: dsvl_jax vs HF PyTorch (transformers, torch 2.13 CPU) on the same 'small'
 VL config, plus MFU against the measured peak of a same-dtype matmul on this machine.
 
-  python benchmarks/train_step.py [--steps 5] [--size small] [--skip-torch]
+  python benchmarks/train_step.py [--steps 20] [--skip-torch]
 
 'small' (documented): LLM 512 wide x 8 layers (8 heads, MLP 1376, vocab 32000); SigLIP 256 x 4 @128 px
 patch 16 (64 image tokens); SAM 128 x 4 @256 px patch 16 (window 14, global blocks 1 and 3); one
 image per sequence; batch 4 x 256 tokens; every parameter trained with AdamW (both frameworks).
 Precision: f32 in both; also JAX bf16 compute (f32 master weights) vs torch bf16 autocast.
+MFU = model FLOPs per step (train/metrics.step_flops) / median step time / median peak of a 2048^3 jnp.dot
+in the same dtype, re-measured every 5 steps. The process keeps freed host memory (parallel/host_memory.py,
+as the train CLI does), for both frameworks.
 Last line: one JSON object (jax_tokens_per_s, torch_tokens_per_s, ratio, mfu, ...).
 """
 from __future__ import annotations
@@ -32,6 +35,7 @@ SMALL = dict(
 )
 BATCH, SEQ = 4, 256
 LOSS_CHUNK = 1024  # = the whole micro-batch: head + CE fused (train/loss.py), no [B, T, V] logits
+GROUP = 5  # steps between two peak measurements
 SCAN = False  # XLA:CPU runs the unrolled layers ~10% faster than the scanned loop at this size (measured)
 ALL = ("siglip", "sam_trunk", "sam_adaptor", "adaptor", "llm")
 
@@ -41,8 +45,8 @@ def matmul_peak(dtype: str) -> float:
     return measured_matmul_peak(dtype)
 
 
-def jax_step_time(dtype: str, steps: int) -> tuple[float, float, int]:
-    """(median step seconds, model FLOPs per step, params)."""
+def jax_step_time(dtype: str, steps: int) -> tuple[float, float, float, int]:
+    """(median step seconds, median matmul peak FLOP/s, model FLOPs per step, params)."""
     import jax
     from dsvl_jax.config import base_config
     from dsvl_jax.data.synthetic import synthetic_batch
@@ -68,14 +72,18 @@ def jax_step_time(dtype: str, steps: int) -> tuple[float, float, int]:
     batch = shard_host_batch(synthetic_batch(cfg, BATCH, SEQ), f.mesh, f.rules)
     state, m = step(state, batch)
     jax.block_until_ready(m)
-    times = []
-    for _ in range(steps):
+    # The matmul peak is re-measured between groups of steps and both are taken as medians: on a shared VM
+    # both drift by several percent within a minute, and MFU is their ratio.
+    times, peaks = [], []
+    for i in range(steps):
+        if i % GROUP == 0:
+            peaks.append(matmul_peak(dtype))
         t = time.perf_counter()
         state, m = step(state, batch)
         jax.block_until_ready(m)
         times.append(time.perf_counter() - t)
     assert step.compiles == 1
-    return float(np.median(times)), step_flops(cfg, ALL, BATCH, SEQ), count_params(state.params)
+    return float(np.median(times)), float(np.median(peaks)), step_flops(cfg, ALL, BATCH, SEQ), count_params(state.params)
 
 
 def torch_step_time(autocast_bf16: bool, steps: int) -> tuple[float, int]:
@@ -117,7 +125,7 @@ def torch_step_time(autocast_bf16: bool, steps: int) -> tuple[float, int]:
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--steps", type=int, default=5)
+    ap.add_argument("--steps", type=int, default=20)
     ap.add_argument("--skip-torch", action="store_true")
     ap.add_argument("--batch", type=int, default=4)
     ap.add_argument("--seq", type=int, default=256)
@@ -126,15 +134,17 @@ def main() -> None:
     args = ap.parse_args()
     global BATCH, SEQ, SCAN, LOSS_CHUNK
     BATCH, SEQ, SCAN, LOSS_CHUNK = args.batch, args.seq, args.scan, args.loss_chunk
+    from dsvl_jax.parallel.host_memory import allocator, retain_freed_memory
+    retained = retain_freed_memory()  # as the train CLI does (no per-step page faults); applies to torch too
     import jax
     toks = BATCH * SEQ
     res: dict = {"config": "small", "batch": BATCH, "seq_len": SEQ, "scan_layers": SCAN, "loss_chunk": LOSS_CHUNK, "device": jax.devices()[0].device_kind,
                  "backend": jax.default_backend(), "cpu": platform.processor() or platform.machine(),
-                 "cores": os.cpu_count()}
+                 "cores": os.cpu_count(), "host_allocator": allocator() + ("+retain" if retained else "")}
     from dsvl_jax.train.metrics import peak_flops_per_device
     for dtype, tag in (("float32", ""), ("bfloat16", "_bf16")):
-        t, flops, nparams = jax_step_time(dtype, args.steps)
-        peak = peak_flops_per_device() or matmul_peak(dtype)
+        t, measured, flops, nparams = jax_step_time(dtype, args.steps)
+        peak = peak_flops_per_device() or measured
         res[f"jax{tag}_step_s"] = round(t, 4)
         res[f"jax{tag}_tokens_per_s"] = round(toks / t, 1)
         res[f"peak{tag}_flops"] = round(peak / 1e9, 1) * 1e9

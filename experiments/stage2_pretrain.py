@@ -42,9 +42,9 @@ def get_config(arg: str = "tiny"):
         c.data.tokenizer = f"hf/deepseek-vl-{size}-base"
         c.model.dtype = "bfloat16"
         c.model.remat_policy = "full"
-        # fewest micro-batches that fit v5p-256 (python -m dsvl_jax.aot, XLA attention, libtpu 0.0.42):
-        # 1.3B 2 (54.1 GiB/chip), 7B 3 (82.9 GiB/chip); other slices: rerun the AOT check
-        c.train.microbatches = {"1.3b": 2, "7b": 3}[size]
+        # fewest micro-batches that fit v5p-256 (python -m dsvl_jax.aot, splash attention, libtpu 0.0.42):
+        # 1.3B 1 (14.7 GiB/chip), 7B 2 (89.4 GiB/chip; 1 needs 164 GiB); other slices: rerun the AOT check
+        c.train.microbatches = {"1.3b": 1, "7b": 2}[size]
         c.checkpoint.every_steps, c.log.every_steps = 1000, 50
     else:
         c.data.modality_warmup_steps = 50

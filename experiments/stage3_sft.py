@@ -39,7 +39,7 @@ def get_config(arg: str = "tiny"):
         c.data.tokenizer = f"hf/deepseek-vl-{size}-base"
         c.model.dtype = "bfloat16"
         c.model.remat_policy = "full"
-        c.train.microbatches = 1  # fits v5p-256 (AOT: 1.3B 19.3 GiB/chip, 7B 21.6 GiB/chip)
+        c.train.microbatches = 1  # fits v5p-256 (AOT, splash: 1.3B 4.8 GiB/chip, 7B 7.8 GiB/chip)
         c.checkpoint.every_steps, c.log.every_steps = 1000, 50
         c.eval.every_steps = 1000
     else:

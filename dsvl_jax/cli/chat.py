@@ -22,7 +22,7 @@ import sys
 
 from absl import app, flags
 
-from dsvl_jax.cli.common import setup_logging
+from dsvl_jax.cli.common import setup_process
 
 FLAGS = flags.FLAGS
 
@@ -127,7 +127,7 @@ def interactive(ask, images: list, stdin=None, stdout=None, stderr=None) -> None
 
 
 def main(argv: list[str]) -> None:
-    setup_logging()
+    setup_process()
     question = " ".join(argv[1:]).strip()
     images = check_images(FLAGS.image)  # before the (slow) model load
     engine = load_engine()

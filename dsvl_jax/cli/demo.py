@@ -19,7 +19,7 @@ import time
 from absl import app
 from ml_collections import config_flags
 
-from dsvl_jax.cli.common import setup_logging
+from dsvl_jax.cli.common import setup_process
 
 _CONFIG = config_flags.DEFINE_config_file("config", "experiments/demo.py:tiny", "Demo config file.")
 STAGES = (("stage1", "stage1_aligner"), ("stage2", "stage2_pretrain"), ("stage3", "stage3_sft"))
@@ -74,7 +74,7 @@ def sample_chat(cfg, final_dir: str, question: str) -> dict:
 
 def main(argv) -> None:
     del argv
-    setup_logging()
+    setup_process()
     from dsvl_jax.cli.plot import plot
     from dsvl_jax.train.loop import train
 

@@ -25,7 +25,7 @@ import time
 
 from absl import app, flags
 
-from dsvl_jax.cli.common import setup_logging
+from dsvl_jax.cli.common import setup_process
 
 FLAGS = flags.FLAGS
 
@@ -109,7 +109,7 @@ def run() -> dict:
 
 
 def main(argv: list[str]) -> None:
-    setup_logging()
+    setup_process()
     if len(argv) > 1:
         raise app.UsageError(f"evaluate takes no positional arguments, got {argv[1:]}")
     print(json.dumps(run()))

@@ -13,7 +13,7 @@ import sys
 from absl import app, flags
 from ml_collections import config_flags
 
-from dsvl_jax.cli.common import setup_logging
+from dsvl_jax.cli.common import setup_process
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Stage config: experiments/<file>.py:<arg>.",
                                           lock_config=True)
@@ -22,7 +22,7 @@ _WORKDIR = flags.DEFINE_string("workdir", None, "Run directory (checkpoints, met
 
 def main(argv) -> None:
     del argv
-    setup_logging()
+    setup_process()
     from dsvl_jax.data.pipeline import DataError
     from dsvl_jax.model.config import ConfigError
     from dsvl_jax.parallel.mesh import MeshError

@@ -9,11 +9,13 @@ rule, and shapes stay static (one compile for prefill, one for the decode step).
 """
 from __future__ import annotations
 
+import functools
 from typing import NamedTuple
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jax.ad_checkpoint import checkpoint_name
 
 from dsvl_jax.model.attention import causal_attention
@@ -34,16 +36,34 @@ def init_cache(cfg: ModelConfig, batch: int, slots: int) -> KVCache:
     return KVCache(z, z)
 
 
-def rope(x: jax.Array, positions: jax.Array, theta: float) -> jax.Array:
-    """Rotate-half RoPE (HF LLaMA layout). x [B, T, H, D], positions [B, T].
+@functools.lru_cache(maxsize=8)
+def _rope_table(max_position: int, head_dim: int, theta: float) -> tuple[np.ndarray, np.ndarray]:
+    """cos, sin [max_position, D/2] as host constants: the angle in f32 as HF computes it, cos/sin in f64."""
+    inv = (1.0 / (theta ** (np.arange(0, head_dim, 2, dtype=np.float32) / np.float32(head_dim)))).astype(np.float32)
+    ang = (np.arange(max_position, dtype=np.float32)[:, None] * inv[None, :]).astype(np.float64)
+    return np.cos(ang).astype(np.float32), np.sin(ang).astype(np.float32)
+
+
+def rope_tables(positions: jax.Array, head_dim: int, theta: float, max_position: int,
+                dtype) -> tuple[jax.Array, jax.Array]:
+    """cos, sin [B, T, 1, D/2] for `rope`: rows of a constant table, gathered once per forward.
+
+    Computed from positions inside the step, XLA fused cos/sin into every layer's q and k rotation and
+    evaluated them per head and per element (~45 ms of a 1.2 s CPU step); a gathered row costs a load.
+    Positions past max_position clamp to the last row.
+    """
+    cos, sin = _rope_table(int(max_position), int(head_dim), float(theta))
+    pick = lambda t: jnp.asarray(t, dtype)[positions][:, :, None, :]  # noqa: E731
+    return pick(cos), pick(sin)
+
+
+def rope(x: jax.Array, cos: jax.Array, sin: jax.Array) -> jax.Array:
+    """Rotate-half RoPE (HF LLaMA layout). x [B, T, H, D]; cos, sin from `rope_tables`.
 
     Written as two half-width products and one concat (not x*cos + rotate_half(x)*sin), which halves the
     concat/pad work in the backward pass.
     """
     d = x.shape[-1]
-    inv = 1.0 / (theta ** (jnp.arange(0, d, 2, dtype=jnp.float32) / d))
-    ang = (positions.astype(jnp.float32)[..., None] * inv)[:, :, None, :]  # [B, T, 1, D/2]
-    cos, sin = jnp.cos(ang).astype(x.dtype), jnp.sin(ang).astype(x.dtype)
     x1, x2 = x[..., : d // 2], x[..., d // 2:]
     return jnp.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], axis=-1)
 
@@ -52,7 +72,7 @@ class DecoderBlock(nn.Module):
     cfg: ModelConfig
 
     @nn.compact
-    def __call__(self, x, layer_cache, positions, segments, cache_index):
+    def __call__(self, x, layer_cache, rot, segments, cache_index):
         l, dt, pdt = self.cfg.llm, dtype_of(self.cfg.dtype), dtype_of(self.cfg.param_dtype)
         x = nn.with_logical_constraint(x, ("act_batch", "act_len", "act_embed"))
         y = RMSNorm(l.rms_eps, dt, pdt, name="attn_norm")(x)
@@ -62,7 +82,7 @@ class DecoderBlock(nn.Module):
                   param_dtype=pdt, name="k")(y)
         v = dense((l.kv_heads, l.head_dim), ("embed", "kv_heads", "head_dim"), use_bias=False, dtype=dt,
                   param_dtype=pdt, name="v")(y)
-        q, k = rope(q, positions, l.rope_theta), rope(k, positions, l.rope_theta)
+        q, k = rope(q, *rot), rope(k, *rot)
         t = x.shape[1]
         if layer_cache is not None:
             ck, cv = layer_cache
@@ -112,7 +132,7 @@ class Decoder(nn.Module):
         xs = None if cache is None else (cache.k, cache.v)
         x, new = repeat_blocks(DecoderBlock, l.layers, scan=self.cfg.scan_layers, remat_policy=self.cfg.remat_policy,
                                name="blocks", num_broadcast=3, cfg=self.cfg)(
-            x, xs, positions, segments.astype(jnp.int32),
+            x, xs, rope_tables(positions, l.head_dim, l.rope_theta, l.max_position, dt), segments.astype(jnp.int32),
             None if cache is None else jnp.asarray(cache_index, jnp.int32))
         x = RMSNorm(l.rms_eps, dt, pdt, name="final_norm")(x)
         x = nn.with_logical_constraint(x, ("act_batch", "act_len", "act_embed"))

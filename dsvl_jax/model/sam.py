@@ -16,6 +16,8 @@ from dsvl_jax.model.attention import dot_product_attention
 from dsvl_jax.model.config import ModelConfig
 from dsvl_jax.model.layers import boxed, dense, dtype_of, gelu, layer_norm, maybe_remat, patch_embed
 
+ACT = ("act_batch", None, None, "act_embed")  # [B, h, w, width]
+
 
 def window_partition(x: jax.Array, ws: int) -> tuple[jax.Array, tuple[int, int]]:
     """[B, H, W, C] -> [B * nW, ws, ws, C], zero-padding bottom/right up to a multiple of ws."""
@@ -138,6 +140,7 @@ class SamEncoder(nn.Module):
         hd = None
         for i in range(c.depth):
             window = 0 if i in c.global_attn_indexes else c.window_size
+            x = nn.with_logical_constraint(x, ACT)  # batch-split like the LLM's residual stream
             x = block(self.cfg, window, name=f"blocks_{i}")(x)
             if i == first_global:
                 hd = x
@@ -147,4 +150,4 @@ class SamEncoder(nn.Module):
         alpha = self.param("hd_alpha", boxed(nn.initializers.zeros_init(), ("scalar",)), (1,), pdt)
         out = main + alpha.astype(dt) * side
         b, h, w, ch = out.shape
-        return out.reshape(b, h * w, ch)
+        return nn.with_logical_constraint(out.reshape(b, h * w, ch), ("act_batch", "act_len", "act_embed"))

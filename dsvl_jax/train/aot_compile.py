@@ -246,8 +246,7 @@ def projection(mcfg: ModelConfig, t, factory_params: dict, trainable: set[str], 
     b, seq, img = t.batch_size, t.seq_len, t.images_per_sample
     model = M.step_flops(mcfg, tuple(t.trainable), b, seq, img)
     fwd = M.forward_flops(mcfg, b, seq, img)
-    # parts that run a backward pass: trained ones and every part after the first trained one (M.ORDER)
-    backward = {p for i, p in enumerate(M.ORDER) if any(q in tuple(t.trainable) for q in M.ORDER[:i + 1])}
+    backward = M.backward_parts(tuple(t.trainable))
     remat = RECOMPUTE.get(mcfg.remat_policy, 1.0)
     hw = model + remat * sum(v for p, v in fwd.items() if p in backward)
     compute_s = hw / (chips * peak * efficiency)

@@ -18,10 +18,14 @@ def cross_entropy(logits: jax.Array, targets: jax.Array) -> tuple[jax.Array, jax
     return _fwd(logits, targets)[0]
 
 
-def _ce_terms(logits: jax.Array, targets: jax.Array) -> tuple[jax.Array, jax.Array]:
-    """f32 logits [..., V] -> (ce, logz) [...]."""
+def _ce_terms(logits: jax.Array, targets: jax.Array, picked: jax.Array | None = None) -> tuple[jax.Array, jax.Array]:
+    """f32 logits [..., V] -> (ce, logz) [...]. `picked` (the target logits) when the caller has them."""
     logz = jax.nn.logsumexp(logits, axis=-1)
-    picked = jnp.sum(logits * jax.nn.one_hot(targets, logits.shape[-1], dtype=jnp.float32), axis=-1)
+    if picked is None:
+        # Select-and-reduce over V: fuses into one read of the logits on TPU. (A gather kept a second copy
+        # of the logits there: +11 GiB/chip for 1.3B stage 2 on v5p-256.)
+        vocab = jax.lax.broadcasted_iota(jnp.int32, logits.shape, logits.ndim - 1)
+        picked = jnp.sum(jnp.where(vocab == targets[..., None].astype(jnp.int32), logits, 0.0), axis=-1)
     return logz - picked, logz
 
 
@@ -71,10 +75,17 @@ def _chunk_logits(xc, w):
     return jnp.dot(xc, w, preferred_element_type=jnp.float32)
 
 
+def _target_logits(xc, w, tc):
+    """x_t . w[:, target_t] for each token of the chunk: a [C, D] gather of head columns instead of a pass
+    over the [C, V] logits (on XLA:CPU the select-and-reduce is not fused: ~25 ms of a 0.9 s step)."""
+    wt = jnp.take(w, tc.astype(jnp.int32), axis=1).T  # [C, D]
+    return jnp.sum(xc.astype(jnp.float32) * wt.astype(jnp.float32), axis=-1)
+
+
 def _head_fwd(x, w, targets, chunk):
     def body(_, xs):
         xc, tc = xs
-        return None, _ce_terms(_chunk_logits(xc, w), tc)
+        return None, _ce_terms(_chunk_logits(xc, w), tc, _target_logits(xc, w, tc))
     _, (ce, lz) = jax.lax.scan(body, None, (_chunks(x, chunk), _chunks(targets, chunk)))
     ce, lz = ce.reshape(-1), lz.reshape(-1)
     return (ce, lz), (x, w, targets, lz)

@@ -20,8 +20,18 @@ PEAK_FLOPS = {
     "NVIDIA H100 80GB HBM3": 989e12, "NVIDIA H100": 989e12, "NVIDIA H200": 989e12, "NVIDIA A100-SXM4-80GB": 312e12,
 }
 
-# Pipeline order: a part needs input gradients iff a part before it trains.
-ORDER = ("siglip", "sam_trunk", "sam_adaptor", "adaptor", "llm")
+# The model's dataflow: each part and the parts that feed it, directly or not. A part needs input gradients
+# iff one of its feeders trains (SigLIP and the SAM trunk are parallel branches: training SigLIP in stage 3
+# sends no gradient through the frozen SAM trunk).
+FEEDERS = {"siglip": (), "sam_trunk": (), "sam_adaptor": ("sam_trunk",),
+           "adaptor": ("siglip", "sam_trunk", "sam_adaptor"),
+           "llm": ("siglip", "sam_trunk", "sam_adaptor", "adaptor")}
+ORDER = tuple(FEEDERS)
+
+
+def backward_parts(trainable) -> set[str]:
+    """Parts that run a backward pass: the trained ones and every part downstream of one."""
+    return {p for p, feeders in FEEDERS.items() if p in trainable or any(f in trainable for f in feeders)}
 
 
 def _vit_linear(tokens: int, width: int, mlp: int) -> float:
@@ -70,13 +80,11 @@ def step_flops(cfg: ModelConfig, trainable: tuple[str, ...], batch: int, seq_len
                images_per_sample: int = 1) -> float:
     """Model FLOPs of one optimizer step (forward + the backward the trainable set needs)."""
     fwd = forward_flops(cfg, batch, seq_len, images_per_sample)
-    total, upstream = 0.0, False
-    for part in ORDER:
-        if part not in fwd:
-            continue
+    total = 0.0
+    for part, f in fwd.items():
+        input_grad = any(p in trainable for p in FEEDERS[part])
         trains = part in trainable
-        total += fwd[part] * (1 + int(upstream or trains) + int(trains))
-        upstream = upstream or trains
+        total += f * (1 + int(input_grad or trains) + int(trains))
     return total
 
 

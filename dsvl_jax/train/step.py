@@ -82,13 +82,12 @@ def train_step(state: TrainState, batch: dict, *, cfg: ModelConfig, t, tx: optax
     if t.clip_norm > 0:
         scale = scale * jnp.minimum(1.0, t.clip_norm / jnp.maximum(gnorm, 1e-12))
     grads = jax.tree.map(lambda g: g * scale, grads)
-    updates, opt_state = tx.update(grads, state.opt_state, train)
-    # A non-finite loss or gradient skips the update (state unchanged, counted): the select fuses into
-    # the AdamW update, and no NaN ever reaches the parameters or a checkpoint.
+    # A non-finite loss or gradient skips the update (state unchanged, counted): the optimizer keeps its
+    # moments, the select below keeps the parameters (fused into the in-place update), and no NaN ever
+    # reaches the parameters or a checkpoint.
     ok = jnp.isfinite(aux["ce_sum"]) & jnp.isfinite(gnorm)
-    keep = lambda new, old: jnp.where(ok, new, old)  # noqa: E731
-    train = jax.tree.map(keep, optax.apply_updates(train, updates), train)
-    opt_state = jax.tree.map(keep, opt_state, state.opt_state)
+    updates, opt_state = tx.update(grads, state.opt_state, train, ok=ok)
+    train = jax.tree.map(lambda p, u: jnp.where(ok, p + u.astype(p.dtype), p), train, updates)
     params = unflatten({**train, **frozen})
     lr = schedule(state.step)
     metrics = {"loss": aux["ce_sum"] / total, "z_loss": aux["z_sum"] / total, "grad_norm": gnorm,

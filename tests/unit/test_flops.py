@@ -68,5 +68,8 @@ def test_step_flops_follow_the_trainable_set():
     assert s1 == pytest.approx(fwd["siglip"] + fwd["sam_trunk"] + 3 * fwd["sam_adaptor"] + 3 * fwd["adaptor"]
                                + 2 * fwd["llm"])
     assert s2 - s1 == pytest.approx(fwd["llm"])
+    # Stage 3 trains SigLIP: its own backward (3x) but no gradient through the parallel, frozen SAM trunk.
+    s3 = step_flops(c, ("llm", "adaptor", "sam_adaptor", "siglip"), 1, 4096)
+    assert s3 - s2 == pytest.approx(2 * fwd["siglip"])
     # The 7B LLM at 4096 tokens: ~6 * 6.9e9 params * 4096 plus attention.
     assert 6 * 6.9e9 * 4096 < 3 * fwd["llm"] < 6 * 6.9e9 * 4096 * 1.1

@@ -58,3 +58,40 @@ def test_z_loss_adds_mean_squared_log_partition():
     with_z, aux_z = f(1e-2)
     assert float(aux["z_sum"]) > 0
     np.testing.assert_allclose(float(with_z), float(plain) + 1e-2 * float(aux["z_sum"]), rtol=1e-6)
+
+
+@pytest.mark.parametrize("weight_decay", [0.0, 0.1])
+def test_inplace_adamw_equals_the_optax_chain(weight_decay):
+    """train/optim.adamw is optax's scale_by_adam -> add_decayed_weights(matrices) -> scale_by_learning_rate,
+    and a step flagged not ok leaves its state exactly as it was."""
+    import optax
+
+    from dsvl_jax.train.optim import _decay_mask, adamw
+    t = _t(lr=1e-2, warmup_steps=2, steps=10, schedule="cosine")
+    sched = make_schedule(t)
+    parts = [optax.scale_by_adam(b1=0.9, b2=0.95, eps=1e-8)]
+    if weight_decay:
+        parts.append(optax.add_decayed_weights(weight_decay, mask=_decay_mask))
+    ref = optax.chain(*parts, optax.scale_by_learning_rate(sched))
+    ours = adamw(sched, b1=0.9, b2=0.95, eps=1e-8, weight_decay=weight_decay)
+    rng = np.random.default_rng(0)
+    params = {"a/kernel": jnp.asarray(rng.normal(size=(4, 3)), jnp.float32),
+              "a/bias": jnp.asarray(rng.normal(size=(3,)), jnp.float32)}
+    s_ref, s_ours = ref.init(params), ours.init(params)
+    upd = jax.jit(ours.update)
+    for i in range(4):
+        g = {k: jnp.asarray(rng.normal(size=v.shape), jnp.float32) for k, v in params.items()}
+        u_ref, s_ref = ref.update(g, s_ref, params)
+        u, s_ours = upd(g, s_ours, params, ok=True)
+        for k in params:
+            np.testing.assert_allclose(np.asarray(u[k]), np.asarray(u_ref[k]), rtol=2e-6, atol=1e-9, err_msg=f"{i} {k}")
+            np.testing.assert_allclose(np.asarray(s_ours.mu[k]), np.asarray(s_ref[0].mu[k]), rtol=1e-6)
+            np.testing.assert_allclose(np.asarray(s_ours.nu[k]), np.asarray(s_ref[0].nu[k]), rtol=1e-6)
+        params = optax.apply_updates(params, u_ref)
+    assert int(s_ours.count) == 4
+    bad = {k: jnp.full(v.shape, jnp.nan) for k, v in params.items()}
+    _, kept = upd(bad, s_ours, params, ok=False)
+    assert int(kept.count) == 4
+    for k in params:
+        assert np.array_equal(np.asarray(kept.mu[k]), np.asarray(s_ours.mu[k]))
+        assert np.array_equal(np.asarray(kept.nu[k]), np.asarray(s_ours.nu[k]))
