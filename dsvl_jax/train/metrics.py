@@ -26,7 +26,6 @@ PEAK_FLOPS = {
 FEEDERS = {"siglip": (), "sam_trunk": (), "sam_adaptor": ("sam_trunk",),
            "adaptor": ("siglip", "sam_trunk", "sam_adaptor"),
            "llm": ("siglip", "sam_trunk", "sam_adaptor", "adaptor")}
-ORDER = tuple(FEEDERS)
 
 
 def backward_parts(trainable) -> set[str]:
