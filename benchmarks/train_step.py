@@ -15,7 +15,6 @@ Last line: one JSON object (jax_tokens_per_s, torch_tokens_per_s, ratio, mfu, ..
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import os
 import platform

@@ -32,26 +32,17 @@ import numpy as np
 
 from dsvl_jax.data.records import IMAGE_TAG, Message, decode_image
 from dsvl_jax.data.template import DEFAULT_SYSTEM_PROMPT, render_generation_prompt
-from dsvl_jax.data.tokenizer import Tokenizer, load_tokenizer
+from dsvl_jax.data.tokenizer import Tokenizer, find_tokenizer, load_tokenizer
 from dsvl_jax.model import decode
 from dsvl_jax.model.config import ModelConfig
 from dsvl_jax.model.params import Params
 
 Conversation = Union[str, Sequence[Union[Message, Mapping[str, str]]]]
 ImageLike = Any  # PIL.Image.Image | bytes | str | os.PathLike
-TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model")
 
 
 class InferenceError(ValueError):
     """A request the engine cannot serve (image count, prompt length, missing tokenizer...)."""
-
-
-def find_tokenizer(checkpoint_dir: str | os.PathLike) -> Path | None:
-    """The tokenizer file stored with a checkpoint (the training loop copies it into final/), if any."""
-    for name in TOKENIZER_FILES:
-        if (p := Path(checkpoint_dir) / name).is_file():
-            return p
-    return None
 
 
 def load_image(img: ImageLike, where: str = ""):
@@ -122,8 +113,8 @@ class Engine:
         if not isinstance(tokenizer, Tokenizer):
             path = tokenizer if tokenizer is not None else find_tokenizer(checkpoint_dir)
             if path is None:
-                raise InferenceError(f"{checkpoint_dir}: no tokenizer file ({' or '.join(TOKENIZER_FILES)}) in the "
-                                     "checkpoint; pass one explicitly (--tokenizer)")
+                raise InferenceError(f"{checkpoint_dir}: no tokenizer (tokenizer.json, tokenizer.model or tokenizer/) "
+                                     "in the checkpoint; pass one explicitly (--tokenizer)")
             tokenizer = load_tokenizer(path)
         cfg = read_config(str(checkpoint_dir))
         if dtype is not None:
@@ -250,5 +241,5 @@ def param_shardings(cfg: ModelConfig, mesh_shape: Mapping[str, int] | Sequence[i
     return mesh, rules, logical_to_shardings(logical_axes(cfg), abstract_params(cfg), mesh, rules)
 
 
-__all__ = ["Engine", "InferenceError", "as_messages", "check_tokenizer", "find_tokenizer", "load_image",
+__all__ = ["Engine", "InferenceError", "as_messages", "check_tokenizer", "load_image",
            "param_shardings"]

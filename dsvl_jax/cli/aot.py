@@ -35,7 +35,10 @@ def _define_flags() -> None:
     flags.DEFINE_integer("max_compiles", 5, "Upper bound on compiles for the search.")
     flags.DEFINE_enum("attention", "auto", ["auto", "config", "xla", "splash"],
                       "LLM attention kernel: auto = splash on TPU (needs seq_len % 128 == 0), config = as configured.")
-    flags.DEFINE_float("efficiency", 0.65, "Assumed share of peak the compiled FLOPs reach (for the projection).")
+    from dsvl_jax.train.aot_compile import DEFAULT_EFFICIENCY
+
+    flags.DEFINE_float("efficiency", DEFAULT_EFFICIENCY,
+                       "Assumed share of peak the compiled FLOPs reach (for the projection).")
     flags.DEFINE_string("json_out", "", "Also append the JSON line to this file.")
 
 
@@ -46,14 +49,9 @@ def main(argv) -> None:
     setup_logging()
     if not FLAGS.topology:
         raise app.UsageError("--topology is required (e.g. v5p-256)")
-    from dsvl_jax.model.config import ConfigError
-    from dsvl_jax.parallel.mesh import MeshError
-    from dsvl_jax.parallel.sharding import ShardingError
-    from dsvl_jax.parallel.topologies import TopologyError
-
     try:
         res = run(FLAGS.config)
-    except (ConfigError, MeshError, ShardingError, TopologyError, ValueError) as e:
+    except ValueError as e:  # ConfigError, MeshError, ShardingError, TopologyError are ValueErrors
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
     line = json.dumps(res)
@@ -71,8 +69,10 @@ def run(cfg) -> dict:
     from dsvl_jax.parallel import topologies
     from dsvl_jax.parallel.mesh import build_mesh
     from dsvl_jax.parallel.rules import rules_from_config
+    from dsvl_jax.parallel.sharding import batch_shards
     from dsvl_jax.train import aot_compile as A
     from dsvl_jax.train.loop import RunError, validate
+    from dsvl_jax.train.metrics import peak_for_kind
     from dsvl_jax.train.state import StateFactory
 
     topo = topologies.parse(FLAGS.topology, FLAGS.num_slices)
@@ -93,7 +93,7 @@ def run(cfg) -> dict:
     mesh = build_mesh(cfg.parallel, devices)
     rules = rules_from_config(cfg.parallel.rules_override)
     hbm = topo.gen.hbm_bytes
-    shards = A.batch_shards(mesh, rules)
+    shards = batch_shards(mesh, rules)
     print(f"{topo.name} x{topo.num_slices}: {len(devices)} chips ({kind}, {hbm / 2**30:.2f} GiB usable HBM each), mesh "
           f"{dict(mesh.shape)}; {mcfg.vision} model, stage {t.stage} trains {tuple(t.trainable)}; batch "
           f"{t.batch_size} x {t.seq_len} tokens, {t.images_per_sample} image(s)/sample, attention {mcfg.attention}",
@@ -111,7 +111,7 @@ def run(cfg) -> dict:
 
     chosen = A.with_train(cfg, batch_size=best.batch_size, microbatches=best.microbatches)
     factory = StateFactory(mcfg, chosen.train, mesh, rules, cfg.parallel.replicate_max_elems)
-    peak = A.peak_for_kind(kind)
+    peak = peak_for_kind(kind)
     proj = A.projection(mcfg, chosen.train, factory.abstract.params, factory.trainable, mesh, chips=len(devices),
                         peak=peak, ici_bytes_per_s=topo.gen.ici_bytes_per_s, efficiency=FLAGS.efficiency)
     fit_mb = [a for a in search.attempts.values() if a.fits]

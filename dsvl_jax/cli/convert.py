@@ -62,7 +62,7 @@ def from_hf(hf_dir: str, out: str, scan_layers: bool = True) -> dict:
 
 def resolve_tokenizer(ckpt: str, tokenizer: str | None) -> str | None:
     """'auto' -> the tokenizer stored in the checkpoint dir (or None); None/'none' -> None; else the path."""
-    from dsvl_jax.interop.hf_processor import find_tokenizer
+    from dsvl_jax.data.tokenizer import find_tokenizer
     if tokenizer is None or tokenizer.lower() == "none":
         return None
     if tokenizer == AUTO:

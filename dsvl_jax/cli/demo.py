@@ -51,21 +51,14 @@ def make_corpus(c, data_root: str) -> None:
 def sample_chat(cfg, final_dir: str, question: str) -> dict:
     """Answer `question` about the first held-out chart with the stage-3 model."""
     from dsvl_jax.data import pipeline, records
-    from dsvl_jax.model.config import model_config_from_dict
-    from dsvl_jax.parallel.mesh import build_mesh
-    from dsvl_jax.parallel.rules import rules_from_config
-    from dsvl_jax.train.checkpoint import load_params
-    from dsvl_jax.train.evaluate import Evaluator
-    from dsvl_jax.train.state import StateFactory
+    from dsvl_jax.infer import Engine
+    from dsvl_jax.train.evaluate import qa_items
 
-    mcfg = model_config_from_dict(cfg.model)
-    factory = StateFactory(mcfg, cfg.train, build_mesh(cfg.parallel), rules_from_config(cfg.parallel.rules_override))
-    ev = Evaluator(cfg, mcfg, factory)
-    _, params = load_params(final_dir)
-    ex = ev.items[0]
-    asked = records.Example(ex.id, ex.kind, (records.Message("user", records.IMAGE_TAG + "\n" + question),
-                                             records.Message("assistant", "?")), ex.images[:1])
-    answer = ev.answers(params, [asked], batch=1)[0]
+    ex = qa_items(pipeline.open_configured_sources(cfg.eval), 1)[0]  # the in-run eval's first item
+    eng = Engine.load(final_dir, cfg.data.tokenizer, batch_size=1,
+                      system_prompt=pipeline.system_prompt_text(cfg.data.system_prompt))
+    answer = eng.chat([[records.Message("user", records.IMAGE_TAG + "\n" + question)]], [ex.images[:1]],
+                      max_new_tokens=cfg.eval.max_new_tokens)[0]
     img = os.path.join(os.path.dirname(final_dir), "chat_image.png")
     with open(img, "wb") as f:
         f.write(ex.images[0])

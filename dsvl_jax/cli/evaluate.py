@@ -55,7 +55,7 @@ def fail(msg: str) -> None:
 
 def _tokenizer(ckpt: str, path: str | None):
     from dsvl_jax.data.tokenizer import load_tokenizer
-    from dsvl_jax.interop.hf_processor import find_tokenizer
+    from dsvl_jax.data.tokenizer import find_tokenizer
     path = path or find_tokenizer(ckpt)
     if path is None:
         fail(f"no tokenizer in {ckpt} (tokenizer.json, tokenizer.model or tokenizer/); pass --tokenizer")
@@ -80,6 +80,7 @@ def run() -> dict:
     if not data.items:
         fail(f"{FLAGS.data}: no usable items ({len(data.skipped)} skipped: "
              + "; ".join(str(s) for s in data.skipped[:5]) + ")")
+    from dsvl_jax.data.tokenizer import model_mismatch
     from dsvl_jax.train.checkpoint import load_params, read_config
     try:
         tok = _tokenizer(FLAGS.checkpoint, FLAGS.tokenizer)
@@ -88,9 +89,8 @@ def run() -> dict:
         cfg, params = load_params(FLAGS.checkpoint, cfg)
     except (OSError, ValueError) as e:
         fail(f"cannot load {FLAGS.checkpoint}: {e}")
-    if tok.image_token_id != cfg.image_token_id or tok.vocab_size > cfg.llm.vocab_size:
-        fail(f"tokenizer {tok.source} (image id {tok.image_token_id}, {tok.vocab_size} ids) does not fit the model "
-             f"(model.image_token_id={cfg.image_token_id}, model.llm.vocab_size={cfg.llm.vocab_size})")
+    if why := model_mismatch(tok, cfg.image_token_id, cfg.llm.vocab_size):
+        fail(why)
     predict = model_predictor(cfg, params, tok, batch_size=FLAGS.batch, max_new_tokens=FLAGS.max_new_tokens,
                               system_prompt=FLAGS.system, open_suffix=FLAGS.open_suffix)
     settings = {"checkpoint": os.path.abspath(FLAGS.checkpoint), "tokenizer": tok.source,

@@ -6,9 +6,10 @@ unless --out is given.
 """
 from __future__ import annotations
 
-import json
 import os
 import sys
+
+from dsvl_jax.train.logger import read_metrics
 
 PANELS = (("loss", ("loss",), "training loss"), ("learning_rate", ("learning_rate",), "learning rate"),
           ("tokens_per_s", ("tokens_per_s",), "tokens / s"),
@@ -19,8 +20,7 @@ def read(run: str) -> list[dict]:
     path = os.path.join(run, "metrics.jsonl")
     if not os.path.exists(path):
         raise FileNotFoundError(f"{run}: no metrics.jsonl")
-    with open(path) as f:
-        return [json.loads(line) for line in f if line.strip()]
+    return read_metrics(path)
 
 
 def plot(runs: list[str], out: str) -> list[str]:

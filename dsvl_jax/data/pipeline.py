@@ -14,7 +14,6 @@ Each host reads only rows `host::hosts` of every source (disjoint, together the 
 """
 from __future__ import annotations
 
-import collections
 import dataclasses
 import logging
 from typing import Any, Callable, Mapping, Sequence
@@ -106,8 +105,8 @@ def fit_to_row(s: Sample, seq_len: int, image_slots: int, image_token_id: int,
         return s, ""
     keep = seq_len + 1
     is_img = s.ids == image_token_id
-    whole = int(is_img[:keep].sum()) // num_image_tokens  # complete image blocks inside the cut
-    if int(is_img[:keep].sum()) % num_image_tokens:
+    whole, partial = divmod(int(is_img[:keep].sum()), num_image_tokens)  # complete image blocks inside the cut
+    if partial:
         keep = int(np.flatnonzero(is_img)[whole * num_image_tokens])  # start of the block that would be split
     if keep < 2 or not s.target_mask[1:keep].any():
         return None, f"{s.length + 1} tokens: nothing supervised fits in {seq_len} positions"

@@ -317,6 +317,22 @@ def load_tokenizer(path: str | os.PathLike) -> Tokenizer:
     raise TokenizerError(f"tokenizer {p}: unknown kind (expected a .model file, a tokenizer.json or its folder)")
 
 
+# looked up in a checkpoint dir, in this order
+TOKENIZER_CANDIDATES = ("tokenizer.json", "tokenizer.model", "tokenizer")
+
+
+def find_tokenizer(checkpoint: str | os.PathLike) -> str | None:
+    """The tokenizer stored with a checkpoint: tokenizer.json, tokenizer.model, a tokenizer/ folder,
+    or the only *.model file; None when there is none."""
+    d = Path(checkpoint)
+    for name in TOKENIZER_CANDIDATES:
+        p = d / name
+        if p.is_file() or (p.is_dir() and ((p / "tokenizer.json").is_file() or list(p.glob("*.model")))):
+            return str(p)
+    models = sorted(d.glob("*.model"))
+    return str(models[0]) if len(models) == 1 else None
+
+
 def model_mismatch(tok: "Tokenizer", image_token_id: int, vocab_rows: int) -> str:
     """Why `tok` cannot feed a model with this image token id and embedding size ("" if it can)."""
     if tok.image_token_id != image_token_id:

@@ -28,7 +28,6 @@ from dsvl_jax.eval import scoring
 from dsvl_jax.eval.items import EvalItem, EvalSet, ItemError, Skipped
 
 Predict = Callable[[Sequence[EvalItem]], list[str]]
-DEFAULT_LENGTH_BUCKET = 64
 
 
 def _predict_batch(predict: Predict, batch: Sequence[EvalItem]) -> tuple[list[tuple[EvalItem, str]], list[Skipped]]:
@@ -98,10 +97,10 @@ def write_report(report: dict, path: str) -> None:
 
 def model_predictor(cfg, params, tokenizer, *, batch_size: int = 8, max_new_tokens: int = 16,
                     system_prompt: str | None = None, open_suffix: str = "",
-                    length_bucket: int = DEFAULT_LENGTH_BUCKET) -> Predict:
+                    length_bucket: int | None = None) -> Predict:
     """predict(items) for a dsvl_jax model (cfg, params) and its tokenizer: greedy answers up to EOS.
 
-    `system_prompt` None = DeepSeek-VL's default, "" = none. Items with more than one image are not
+    `system_prompt` None = DeepSeek-VL's default, "" = none; `length_bucket` None = the engine's default. Items with more than one image are not
     supported (benchmarks here have one). Raises ItemError("prompt_too_long") / BadRecord (image).
     """
     from dsvl_jax.data.records import Message, decode_image
@@ -110,7 +109,8 @@ def model_predictor(cfg, params, tokenizer, *, batch_size: int = 8, max_new_toke
 
     system = DEFAULT_SYSTEM_PROMPT if system_prompt is None else system_prompt
     n_img, limit = cfg.num_image_tokens, cfg.llm.max_position
-    engine = Engine(cfg, params, tokenizer, batch_size=batch_size, length_bucket=length_bucket, system_prompt=system)
+    bucket = {} if length_bucket is None else {"length_bucket": length_bucket}
+    engine = Engine(cfg, params, tokenizer, batch_size=batch_size, system_prompt=system, **bucket)
 
     def prompt_ids(it: EvalItem) -> np.ndarray:
         text = it.prompt(open_suffix)

@@ -46,8 +46,6 @@ from dsvl_jax.data.tokenizer import (UNK_PIECE, HFTokenizer, SentencePieceTokeni
                                      TokenizerError, load_tokenizer)
 from dsvl_jax.model.config import ModelConfig
 
-# looked up in a checkpoint dir, in this order (as dsvl_jax/infer.py)
-TOKENIZER_CANDIDATES = ("tokenizer.json", "tokenizer.model", "tokenizer")
 _PIL_RESAMPLE = {"nearest": 0, "lanczos": 1, "bilinear": 2, "bicubic": 3}  # PIL.Image.Resampling values
 # SentencePiece ModelProto.SentencePiece.Type
 _NORMAL, _UNKNOWN, _CONTROL, _USER_DEFINED = 1, 2, 3, 4
@@ -56,20 +54,6 @@ _WS = "\u2581"
 
 class ExportError(ValueError):
     """The tokenizer cannot serve the exported model (ids out of range, wrong image token, options)."""
-
-
-# --- checkpoint dir -> tokenizer path --------------------------------------------------------------
-
-def find_tokenizer(checkpoint: str | os.PathLike) -> str | None:
-    """The tokenizer stored with a checkpoint: tokenizer.json, tokenizer.model, a tokenizer/ folder,
-    or the only *.model file; None when there is none."""
-    d = Path(checkpoint)
-    for name in TOKENIZER_CANDIDATES:
-        p = d / name
-        if p.is_file() or (p.is_dir() and ((p / "tokenizer.json").is_file() or list(p.glob("*.model")))):
-            return str(p)
-    models = sorted(d.glob("*.model"))
-    return str(models[0]) if len(models) == 1 else None
 
 
 # --- SentencePiece BPE -> tokenizer.json -----------------------------------------------------------
@@ -296,5 +280,5 @@ def save_processor(folder: str | os.PathLike, cfg: ModelConfig,
     return tok, files
 
 
-__all__ = ["ExportError", "chat_template", "find_tokenizer", "generation_config", "image_processor_config",
+__all__ = ["ExportError", "chat_template", "generation_config", "image_processor_config",
            "processor_config", "save_processor", "sentencepiece_tokenizer_json", "token_ids", "write_tokenizer"]

@@ -20,7 +20,7 @@ from jax.ad_checkpoint import checkpoint_name
 
 from dsvl_jax.model.attention import causal_attention
 from dsvl_jax.model.config import ModelConfig
-from dsvl_jax.model.layers import Embed, RMSNorm, boxed, dense, dtype_of, repeat_blocks
+from dsvl_jax.model.layers import Embed, RMSNorm, dense, dtype_of, repeat_blocks
 
 
 class KVCache(NamedTuple):

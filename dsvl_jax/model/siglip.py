@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import flax.linen as nn
 import jax
-import jax.numpy as jnp
 
 from dsvl_jax.model.attention import dot_product_attention
 from dsvl_jax.model.config import ModelConfig

@@ -86,6 +86,13 @@ def batch_sharding(mesh: Mesh, rules: Sequence[Rule], ndim: int) -> NamedShardin
     return NamedSharding(mesh, P(axes, *([None] * (ndim - 1))))
 
 
+def batch_shards(mesh: Mesh, rules: Sequence[Rule]) -> int:
+    """How many ways the batch axis is split (product of the act_batch mesh axes)."""
+    axes = _mesh_axes("act_batch", rules)
+    axes = () if axes is None else ((axes,) if isinstance(axes, str) else tuple(axes))
+    return math.prod(mesh.shape[a] for a in axes)
+
+
 def shard_host_batch(batch: dict[str, np.ndarray], mesh: Mesh, rules: Sequence[Rule]) -> dict[str, jax.Array]:
     """This host's slice of the global batch -> global jax.Arrays sharded on the batch axis.
 

@@ -25,7 +25,6 @@ import ml_collections
 
 from dsvl_jax.model.config import ModelConfig
 from dsvl_jax.model.params import flatten
-from dsvl_jax.parallel.sharding import batch_sharding
 from dsvl_jax.train import metrics as M
 from dsvl_jax.train.optim import group_of
 from dsvl_jax.train.state import StateFactory
@@ -45,7 +44,6 @@ class Attempt:
     bytes_per_chip: int            # total per chip (0 when XLA refused without naming a figure)
     memory: dict                   # argument / output / alias / temp / code bytes per chip
     compile_s: float
-    error: str = ""
 
 
 def with_train(cfg: ml_collections.ConfigDict, **fields) -> ml_collections.ConfigDict:
@@ -68,13 +66,6 @@ def batch_like(mcfg: ModelConfig, batch_size: int, seq_len: int, images: int, wi
             h = mcfg.sam.image_size
             out["high_pixels"] = s((batch_size, images, h, h, 3), jnp.uint8)
     return out
-
-
-def batch_shards(mesh, rules) -> int:
-    """How many ways the batch axis is split (product of the act_batch mesh axes)."""
-    axes = batch_sharding(mesh, rules, 1).spec[0]
-    axes = () if axes is None else ((axes,) if isinstance(axes, str) else tuple(axes))
-    return math.prod(mesh.shape[a] for a in axes)
 
 
 def memory_stats(compiled) -> dict:
@@ -109,8 +100,7 @@ def compile_step(cfg: ml_collections.ConfigDict, mcfg: ModelConfig, mesh, rules,
     """Lower and compile the real train step for cfg.train's batch layout on `mesh`."""
     t = cfg.train
     factory = StateFactory(mcfg, t, mesh, rules, cfg.parallel.replicate_max_elems)
-    state_like = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
-                              factory.abstract, factory.shardings)
+    state_like = factory.abstract_sharded()
     raw = batch_like(mcfg, t.batch_size, t.seq_len, t.images_per_sample)
     sh = batch_shardings(factory, raw)
     batch = {k: jax.ShapeDtypeStruct(v.shape, v.dtype, sharding=sh[k]) for k, v in raw.items()}
@@ -124,7 +114,7 @@ def compile_step(cfg: ml_collections.ConfigDict, mcfg: ModelConfig, mesh, rules,
         secs = time.perf_counter() - start
         line = next((ln for ln in msg.splitlines() if _OOM.search(ln)), msg.splitlines()[0])
         log(f"  batch {t.batch_size} x {t.microbatches} micro-batches: does not fit ({secs:.0f} s): {line[:200]}")
-        return Attempt(t.batch_size, t.microbatches, False, oom_bytes(msg), {}, secs, line[:500])
+        return Attempt(t.batch_size, t.microbatches, False, oom_bytes(msg), {}, secs)
     secs = time.perf_counter() - start
     mem = memory_stats(compiled)
     fits = mem["total"] <= hbm_bytes
@@ -221,14 +211,6 @@ def largest_batch(s: Search, batch_size: int, microbatches: int, shards: int) ->
         else:
             bad = mid
     return s.attempts[(good * unit, microbatches)]
-
-
-def peak_for_kind(kind: str) -> float:
-    """Dense bf16 peak of a device kind from train/metrics.py:PEAK_FLOPS (longest matching prefix)."""
-    for name, v in sorted(M.PEAK_FLOPS.items(), key=lambda kv: -len(kv[0])):
-        if kind.startswith(name):
-            return v
-    return 0.0
 
 
 def projection(mcfg: ModelConfig, t, factory_params: dict, trainable: set[str], mesh, *, chips: int,

@@ -16,7 +16,6 @@ import signal
 import time
 from typing import Any
 
-import grain
 import jax
 import numpy as np
 
@@ -26,7 +25,7 @@ from dsvl_jax.model.params import flatten
 from dsvl_jax.parallel import distributed
 from dsvl_jax.parallel.mesh import build_mesh
 from dsvl_jax.parallel.rules import rules_from_config
-from dsvl_jax.parallel.sharding import shard_host_batch
+from dsvl_jax.parallel.sharding import batch_shards, shard_host_batch
 from dsvl_jax.train import metrics as M
 from dsvl_jax.train.logger import MetricsLogger
 from dsvl_jax.train.run_checkpoints import RunCheckpoints
@@ -138,12 +137,11 @@ def train(cfg, workdir: str, *, sources=None, eval_sources=None, stop_at: int | 
             f.write(cfg.to_json_best_effort(indent=2))
 
     mesh = build_mesh(cfg.parallel)
-    batch_ways = mesh.shape["data"] * mesh.shape["fsdp"]
+    rules = rules_from_config(cfg.parallel.rules_override)
+    batch_ways = batch_shards(mesh, rules)
     if (t.batch_size // t.microbatches) % batch_ways:
         raise RunError(f"train.batch_size={t.batch_size} / train.microbatches={t.microbatches} is not divisible by "
-                       f"the {batch_ways} batch shards of the mesh (data={mesh.shape['data']} x "
-                       f"fsdp={mesh.shape['fsdp']})")
-    rules = rules_from_config(cfg.parallel.rules_override)
+                       f"the {batch_ways} batch shards of the mesh {dict(mesh.shape)} (the act_batch axes)")
     factory = StateFactory(mcfg, t, mesh, rules, cfg.parallel.replicate_max_elems)
     step_fn = CompiledStep(factory)
     data = pipeline.build(cfg, host=jax.process_index(), hosts=jax.process_count(), sources=sources)
@@ -151,8 +149,7 @@ def train(cfg, workdir: str, *, sources=None, eval_sources=None, stop_at: int | 
 
     ckpts = RunCheckpoints(os.path.join(workdir, "checkpoints"), keep=cfg.checkpoint.keep,
                            keep_period=cfg.checkpoint.keep_period, async_save=cfg.checkpoint.async_save)
-    abstract = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
-                            factory.abstract, factory.shardings)
+    abstract = factory.abstract_sharded()
     latest = ckpts.latest_step()
     meta = {"skipped_steps": 0}
     if latest is not None:

@@ -91,7 +91,11 @@ def peak_flops_per_device(override: float = 0.0) -> float:
     """Configured peak, else the vendor figure for this device kind; 0.0 if unknown (e.g. CPU)."""
     if override:
         return float(override)
-    kind = jax.devices()[0].device_kind
+    return peak_for_kind(jax.devices()[0].device_kind)
+
+
+def peak_for_kind(kind: str) -> float:
+    """Dense bf16 peak of a device kind from PEAK_FLOPS (longest matching prefix); 0.0 if unknown."""
     for name, v in sorted(PEAK_FLOPS.items(), key=lambda kv: -len(kv[0])):
         if kind.startswith(name):
             return v

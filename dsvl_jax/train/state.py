@@ -51,6 +51,11 @@ class StateFactory:
         check_replication(jax.tree.map(lambda s: s.spec, self.shardings.params), self.abstract.params, mesh,
                           replicate_max_elems)
 
+    def abstract_sharded(self) -> TrainState:
+        """The state as ShapeDtypeStructs carrying their shardings (restore targets, AOT compiles)."""
+        return jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), self.abstract,
+                            self.shardings)
+
     def _init_boxed(self, rng) -> TrainState:
         params = init_boxed(self.cfg, rng)
         train = {k: v for k, v in flatten(params).items() if k in self.trainable}

@@ -10,12 +10,13 @@ from __future__ import annotations
 import csv
 import io
 import itertools
-import json
 import math
 import os
 import re
 import sys
 from typing import Sequence
+
+from dsvl_jax.train.logger import read_metrics
 
 Point = dict[str, str]
 
@@ -68,10 +69,9 @@ def point_name(point: Point) -> str:
     return ",".join(f"{k}={v}" for k, v in point.items()).replace(os.sep, "_")
 
 
-def train_command(config_args: Sequence[str], point: Point, workdir: str, python: str = sys.executable,
-                  command: str = "train") -> list[str]:
+def train_command(config_args: Sequence[str], point: Point, workdir: str, python: str = sys.executable) -> list[str]:
     """argv of one point: the base --config/--config.* flags, then the point's overrides (which win)."""
-    return [python, "-m", f"dsvl_jax.{command}", *config_args, *(f"--config.{k}={v}" for k, v in point.items()),
+    return [python, "-m", "dsvl_jax.train", *config_args, *(f"--config.{k}={v}" for k, v in point.items()),
             f"--workdir={workdir}"]
 
 
@@ -82,15 +82,10 @@ def read_results(workdir: str) -> dict:
     out: dict = {}
     if not os.path.exists(path):
         return out
-    with open(path) as f:
-        for line in f:
-            line = line.strip()
-            if not line:
-                continue
-            rec = json.loads(line)
-            if "loss" in rec:
-                out.update({k: rec[k] for k in TRAIN_COLUMNS if k in rec})
-            out.update({k: v for k, v in rec.items() if k.startswith(EVAL_PREFIX)})
+    for rec in read_metrics(path):
+        if "loss" in rec:
+            out.update({k: rec[k] for k in TRAIN_COLUMNS if k in rec})
+        out.update({k: v for k, v in rec.items() if k.startswith(EVAL_PREFIX)})
     return out
 
 
@@ -107,21 +102,22 @@ def _fmt(v) -> str:
     return "" if v is None else str(v)
 
 
+def _table(points: Sequence[Point], rows: Sequence[dict]) -> tuple[list[str], list[dict]]:
+    """Columns, and one merged record per point (the point's values win over its results)."""
+    return columns(points, rows), [{**r, **p} for p, r in zip(points, rows)]
+
+
 def to_csv(points: Sequence[Point], rows: Sequence[dict]) -> str:
-    cols = columns(points, rows)
+    cols, merged = _table(points, rows)
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
     w.writerow(cols)
-    for p, r in zip(points, rows):
-        merged = {**r, **p}
-        w.writerow([merged.get(c, "") for c in cols])
+    w.writerows([m.get(c, "") for c in cols] for m in merged)
     return buf.getvalue()
 
 
 def to_markdown(points: Sequence[Point], rows: Sequence[dict]) -> str:
-    cols = columns(points, rows)
+    cols, merged = _table(points, rows)
     lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
-    for p, r in zip(points, rows):
-        merged = {**r, **p}
-        lines.append("| " + " | ".join(_fmt(merged.get(c)) for c in cols) + " |")
+    lines += ["| " + " | ".join(_fmt(m.get(c)) for c in cols) + " |" for m in merged]
     return "\n".join(lines) + "\n"

@@ -1,6 +1,5 @@
 """The training program: exact resume after kill -9, resume on another mesh, NaN steps, stage freezing,
 config errors before compile. One tiny corpus for the module; tiny steps."""
-import json
 import os
 import signal
 import subprocess
@@ -130,7 +129,7 @@ def test_nan_batches_are_skipped_and_a_run_of_them_stops_the_run(data_root, tmp_
     assert recs[1]["loss"] == "nan" and np.isfinite(recs[2]["loss"])
     f = StateFactory(model_config_from_dict(c.model), c.train, build_mesh(c.parallel),
                      rules_from_config(c.parallel.rules_override))
-    abstract = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), f.abstract, f.shardings)
+    abstract = f.abstract_sharded()
     ck = RunCheckpoints(str(tmp_path / "run" / "checkpoints"))
     assert ck.all_steps() == [3]
     state, meta = ck.restore(3, abstract, None)

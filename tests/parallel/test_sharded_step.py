@@ -3,7 +3,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from conftest import ALL_GROUPS, make_config
+from conftest import make_config
 
 from dsvl_jax.model.config import model_config_from_dict
 from dsvl_jax.model.params import flatten
@@ -141,8 +141,6 @@ def test_nothing_trainable_is_refused(devices):
 def test_splash_on_a_mesh_matches_xla(devices, tiny_model_cfg):
     """Splash runs per (batch, head) shard inside shard_map: same loss and grads as XLA attention on a
     (2, 2, 2) mesh, with padding and packed documents (seq 128, the kernel's block multiple)."""
-    import dataclasses
-
     from dsvl_jax.data.synthetic import synthetic_batch
     batch_np = synthetic_batch(tiny_model_cfg, 8, 128, pad=9, seed=4)
     batch_np["segments"][1, 60:] = 2  # a second packed document in row 1

@@ -3,7 +3,6 @@
 Tolerance: 1e-4 max abs on logits and on every part's output (observed ~5e-6 on CPU).
 """
 import numpy as np
-import pytest
 import torch
 
 import hf_oracle

@@ -1,7 +1,6 @@
 """Bad input gets one clear error that names the problem (file/tensor/field and expected value)."""
 import dataclasses
 import json
-import os
 
 import numpy as np
 import pytest

@@ -1,5 +1,4 @@
 """The grain pipeline end to end: ArrayRecord shards + SentencePiece -> packed dual-resolution batches."""
-import dataclasses
 import io
 
 import grain
@@ -9,7 +8,7 @@ import pytest
 from PIL import Image
 
 from dsvl_jax.config import base_config
-from dsvl_jax.data import builders, pipeline, records, shards, tokenizer
+from dsvl_jax.data import builders, pipeline, shards, tokenizer
 from dsvl_jax.data.mixture import MULTIMODAL, TEXT
 from dsvl_jax.data.records import IMAGE_TAG, Example, Message
 
