@@ -1,13 +1,23 @@
-"""The base run config every experiment starts from: sections model / parallel / train / data.
+"""The run config every experiment starts from: sections model / parallel / train / data / eval,
+checkpoint, log, and the init source.
 
-Experiments (`experiments/*.py`) call `base_config(size)` and change fields; single fields are
-overridden on the command line with `--config.train.lr=...`.
+Experiments (`experiments/*.py`) call `base_config(size)`, then `size_defaults(c, size)`, and change
+fields; single fields are overridden on the command line with `--config.train.lr=...`.
+`load_experiment(path, arg)` loads such a file the way `--config=path:arg` does.
 """
+
 from __future__ import annotations
+
+import importlib.util
+import os
 
 import ml_collections
 
+from dsvl_jax.errors import ConfigError
 from dsvl_jax.model.sizes import model_config_dict
+
+# the released DeepSeek-VL sizes (the others are for tests and the demo)
+REAL_SIZES = ("1.3b", "7b")
 
 
 def parallel_defaults() -> ml_collections.ConfigDict:
@@ -26,10 +36,10 @@ def train_defaults() -> ml_collections.ConfigDict:
     t = ml_collections.ConfigDict()
     t.stage = 1
     t.trainable = ("adaptor", "sam_adaptor")
-    t.batch_size = 8           # global, in sequences
+    t.batch_size = 8  # global, in sequences
     t.seq_len = 64
     t.images_per_sample = 1
-    t.microbatches = 1         # gradient accumulation steps per optimizer step
+    t.microbatches = 1  # gradient accumulation steps per optimizer step
     t.steps = 100
     t.lr = 1e-3
     t.schedule = "cosine"
@@ -43,49 +53,67 @@ def train_defaults() -> ml_collections.ConfigDict:
     t.weight_decay = 0.0
     t.clip_norm = 1.0
     t.z_loss = 0.0
-    t.loss_chunk = 0           # >0: output head + CE fused over this many tokens at a time (no [B,T,V] logits)
+    # >0: output head + CE fused over this many tokens at a time (no [B,T,V] logits)
+    t.loss_chunk = 0
     t.seed = 0
-    t.max_bad_steps = 5        # this many non-finite steps in a row stop the run (each one is skipped)
-    t.peak_flops_per_device = 0.0  # 0 = look up the device kind (train/metrics.py) or measure on CPU
+    t.max_bad_steps = 5  # this many non-finite steps in a row stop the run (each one is skipped)
+    # 0 = look up the device kind (train/metrics.py) or measure on CPU
+    t.peak_flops_per_device = 0.0
     return t
 
 
 def data_defaults() -> ml_collections.ConfigDict:
     """Input pipeline (dsvl_jax/data/pipeline.py). Sources: name -> {path, weight, group}."""
     d = ml_collections.ConfigDict()
-    d.sources = ml_collections.ConfigDict()  # e.g. {"chart": {"path": "data/dsvl_chart", "weight": 1.0, "group": "multimodal"}}
-    d.tokenizer = ""              # a SentencePiece .model, or a folder / tokenizer.json (HF)
-    d.system_prompt = "default"   # SFT system prompt: "default" = the released models' prompt, "" = none
-    d.text_ratio = 0.7            # language share of samples after the modality warm-up (paper stage 2: 0.7)
-    d.text_ratio_start = 1.0      # modality warm-up starts with language only ...
-    d.modality_warmup_steps = 0   # ... and reaches text_ratio linearly after this many steps (0 = off)
-    d.pack = True                 # several samples per row (paper: stage 2 yes, stages 1 and 3 no)
-    d.one_modality_per_batch = False  # each batch text-only or multimodal (text batches skip the towers)
-    d.max_pixels = 64_000_000     # larger images are skipped (decompression bombs)
-    d.max_skip_rate = 0.01        # per source; above it (after min_seen records) the run stops with an error
+    # e.g. {"chart": {"path": "data/dsvl_chart", "weight": 1.0, "group": "multimodal"}}
+    d.sources = ml_collections.ConfigDict()
+    d.tokenizer = ""  # a SentencePiece .model, or a folder / tokenizer.json (HF)
+    # "default" = the released models' prompt (data/template.py), "" = none
+    d.system_prompt = "default"
+    d.text_ratio = 0.7  # language share of samples after the modality warm-up (paper stage 2: 0.7)
+    d.text_ratio_start = 1.0  # modality warm-up starts with language only ...
+    # ... and reaches text_ratio linearly after this many steps (0 = off)
+    d.modality_warmup_steps = 0
+    d.pack = True  # several samples per row (paper: stage 2 yes, stages 1 and 3 no)
+    # each batch text-only or multimodal (text batches skip the towers)
+    d.one_modality_per_batch = False
+    d.max_pixels = 64_000_000  # larger images are skipped (decompression bombs)
+    # per source; above it (after min_seen records) the run stops with an error
+    d.max_skip_rate = 0.01
     d.min_seen = 200
-    d.workers = 0                 # >0: that many worker processes (grain mp_prefetch); 0 = threads in this process
-    d.num_threads = 2             # decode/preprocess threads per source
-    d.prefetch = 8                # per source, in samples
-    d.prefetch_batches = 2        # packed batches built ahead in a background thread (or per worker process)
+    d.workers = 0  # >0: that many worker processes (grain mp_prefetch); 0 = threads in this process
+    d.num_threads = 2  # decode/preprocess threads per source
+    d.prefetch = 8  # per source, in samples
+    # packed batches built ahead in a background thread (or per worker process)
+    d.prefetch_batches = 2
     d.seed = 0
     return d
 
 
 def run_defaults(c: ml_collections.ConfigDict) -> None:
     """checkpoint / log / eval sections and the init source of a training run."""
-    c.init_from = ""  # previous stage's run dir (its final/ params), a dsvl_jax params checkpoint, or an HF folder
-    c.checkpoint = ml_collections.ConfigDict(dict(every_steps=100, keep=3, keep_period=0, async_save=True))
+    c.init_from = ""  # any model folder (checkpoints.open_model): a previous stage's run dir, params, an HF folder
+    c.checkpoint = ml_collections.ConfigDict(
+        dict(every_steps=100, keep=3, keep_period=0, async_save=True)
+    )
     c.log = ml_collections.ConfigDict(dict(every_steps=10, tensorboard=True, progress=True))
     # eval.sources: like data.sources (held-out records); loss over `batches` batches, and exact match of
     # greedy answers on up to `qa_items` question/answer records
-    c.eval = ml_collections.ConfigDict(dict(every_steps=0, batches=2, sources=ml_collections.ConfigDict(),
-                                            qa_items=32, max_new_tokens=8))
+    c.eval = ml_collections.ConfigDict(
+        dict(
+            every_steps=0,
+            batches=2,
+            sources=ml_collections.ConfigDict(),
+            qa_items=32,
+            max_new_tokens=8,
+        )
+    )
 
 
 def base_config(size: str = "tiny") -> ml_collections.ConfigDict:
     c = ml_collections.ConfigDict()
-    c.data_root = "data/default"  # where `python -m dsvl_jax.data generate|prepare` wrote the corpora
+    # where `python -m dsvl_jax.data generate|prepare` wrote the corpora
+    c.data_root = "data/default"
     c.model = model_config_dict(size)
     c.parallel = parallel_defaults()
     c.train = train_defaults()
@@ -94,15 +122,26 @@ def base_config(size: str = "tiny") -> ml_collections.ConfigDict:
     return c
 
 
-def set_sources(section: ml_collections.ConfigDict, c: ml_collections.ConfigDict, mix: dict[str, float],
-                folder: str = "") -> None:
+def set_sources(
+    section: ml_collections.ConfigDict,
+    c: ml_collections.ConfigDict,
+    mix: dict[str, float],
+    folder: str = "",
+) -> None:
     """section.sources[kind] = {path: <data_root>[/folder]/dsvl_<kind>, weight}: the layout `python -m
     dsvl_jax.data generate` writes. Paths follow --config.data_root; override one with
     --config.data.sources.<kind>.path=DIR (e.g. a `prepare` output)."""
     root = c.get_ref("data_root") + (f"/{folder}" if folder else "")
     section.sources = ml_collections.ConfigDict(
-        {k: {"path": root + f"/dsvl_{k}", "weight": float(w), "group": "text" if k == "text" else "multimodal"}
-         for k, w in mix.items()})
+        {
+            k: {
+                "path": root + f"/dsvl_{k}",
+                "weight": float(w),
+                "group": "text" if k == "text" else "multimodal",
+            }
+            for k, w in mix.items()
+        }
+    )
 
 
 def embedded_tokenizer(c: ml_collections.ConfigDict) -> None:
@@ -111,4 +150,30 @@ def embedded_tokenizer(c: ml_collections.ConfigDict) -> None:
     c.data.tokenizer = c.get_ref("data_root") + "/tokenizer.model"
     c.model.llm.vocab_size = 512
     c.model.image_token_id = 4
-    c.data.system_prompt = ""  # 16-token images and 256-token rows: no room for the 40-token default prompt
+    # 16-token images and 256-token rows: no room for the 40-token default prompt
+    c.data.system_prompt = ""
+
+
+def size_defaults(c: ml_collections.ConfigDict, size: str) -> None:
+    """What every stage of a size shares. Real sizes: bfloat16 compute with full remat (f32 master
+    weights), DeepSeek's tokenizer from the released HF folder, sparse logging; tiny sizes: the
+    embedded SentencePiece tokenizer and a log line every 10 steps."""
+    if size in REAL_SIZES:
+        c.data.tokenizer = f"hf/deepseek-vl-{size}-base"  # HF folder: tokenizer.json (+ weights)
+        c.model.dtype = "bfloat16"
+        c.model.remat_policy = "full"
+        c.checkpoint.every_steps, c.log.every_steps = 1000, 50
+    else:
+        embedded_tokenizer(c)
+        c.log.every_steps = 10
+
+
+def load_experiment(path: str, arg: str = "") -> ml_collections.ConfigDict:
+    """`get_config(arg)` of an experiment file, as `--config=path:arg` loads it."""
+    if not os.path.isfile(path):
+        raise ConfigError(f"config file {path} not found")
+    name = os.path.splitext(os.path.basename(path))[0]
+    spec = importlib.util.spec_from_file_location(f"dsvl_experiment_{name}", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod.get_config(arg) if arg else mod.get_config()

@@ -1,6 +1,6 @@
 """Inference engine: a params checkpoint + its tokenizer -> chat answers, batched, optionally sharded.
 
-    engine = Engine.load("runs/x/final")                        # tokenizer.model / tokenizer.json inside
+    engine = Engine.load("runs/x")                              # any model folder + its tokenizer
     engine.chat(["What is the value for 2017?"], [[png_bytes]])  # -> ["94"]
 
 A conversation is a question string or a list of messages (`records.Message` or {"role", "content"}
@@ -17,6 +17,7 @@ request, times the data-parallel mesh size), images per row to the most any row 
 With `mesh_shape` the parameters are placed with the training sharding rules (parallel/rules.py), so
 a model too large for one device decodes over a (data, fsdp, tensor) mesh.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -24,31 +25,34 @@ import dataclasses
 import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, Union
+from typing import Any
 
 import flax.linen as nn
 import jax
 import numpy as np
+from PIL import Image
 
+from dsvl_jax.checkpoints import open_model
+from dsvl_jax.data.preprocess import image_spec, normalize_batch, preprocess
 from dsvl_jax.data.records import IMAGE_TAG, Message, decode_image
-from dsvl_jax.data.template import DEFAULT_SYSTEM_PROMPT, render_generation_prompt
-from dsvl_jax.data.tokenizer import Tokenizer, find_tokenizer, load_tokenizer
+from dsvl_jax.data.template import SYSTEM_DEFAULT, render_generation_prompt, system_prompt
+from dsvl_jax.data.tokenizer import Tokenizer, load_tokenizer, model_mismatch
+from dsvl_jax.errors import Error
 from dsvl_jax.model import decode
 from dsvl_jax.model.config import ModelConfig
-from dsvl_jax.model.params import Params
+from dsvl_jax.model.params import Params, abstract_params, logical_axes
+from dsvl_jax.parallel import MESH_AXES, build_mesh, logical_to_shardings, rules_from_config
 
-Conversation = Union[str, Sequence[Union[Message, Mapping[str, str]]]]
+Conversation = str | Sequence[Message | Mapping[str, str]]
 ImageLike = Any  # PIL.Image.Image | bytes | str | os.PathLike
 
 
-class InferenceError(ValueError):
+class InferenceError(Error, ValueError):
     """A request the engine cannot serve (image count, prompt length, missing tokenizer...)."""
 
 
 def load_image(img: ImageLike, where: str = ""):
     """PIL image, encoded bytes or a file path -> RGB PIL image (BadRecord/FileNotFoundError on failure)."""
-    from PIL import Image
-
     if isinstance(img, Image.Image):
         return img.convert("RGB") if img.mode != "RGB" else img
     if isinstance(img, (str, os.PathLike)):
@@ -58,7 +62,9 @@ def load_image(img: ImageLike, where: str = ""):
         return decode_image(p.read_bytes(), record_id=str(p))
     if isinstance(img, (bytes, bytearray, memoryview)):
         return decode_image(bytes(img), record_id=where)
-    raise InferenceError(f"{where}: an image must be a PIL image, encoded bytes or a path, got {type(img).__name__}")
+    raise InferenceError(
+        f"{where}: an image must be a PIL image, encoded bytes or a path, got {type(img).__name__}"
+    )
 
 
 def as_messages(conv: Conversation, n_images: int, where: str) -> tuple[Message, ...]:
@@ -66,7 +72,10 @@ def as_messages(conv: Conversation, n_images: int, where: str) -> tuple[Message,
     if isinstance(conv, str):
         msgs = [Message("user", conv)]
     else:
-        msgs = [m if isinstance(m, Message) else Message(str(m["role"]), str(m["content"])) for m in conv]
+        msgs = [
+            m if isinstance(m, Message) else Message(str(m["role"]), str(m["content"]))
+            for m in conv
+        ]
     if not msgs or msgs[-1].role != "user":
         raise InferenceError(f"{where}: a conversation must end with a user message")
     tags = sum(m.content.count(IMAGE_TAG) for m in msgs)
@@ -74,8 +83,10 @@ def as_messages(conv: Conversation, n_images: int, where: str) -> tuple[Message,
         last = msgs[-1]
         msgs[-1] = Message("user", IMAGE_TAG * n_images + "\n" + last.content)
     elif tags != n_images:
-        raise InferenceError(f"{where}: the messages hold {tags} {IMAGE_TAG} tag(s) but {n_images} image(s) "
-                             "were given")
+        raise InferenceError(
+            f"{where}: the messages hold {tags} {IMAGE_TAG} tag(s) but {n_images} image(s) "
+            "were given"
+        )
     return tuple(msgs)
 
 
@@ -86,6 +97,7 @@ def _next_pow2(n: int) -> int:
 @dataclasses.dataclass
 class Engine:
     """A model ready to answer: config, params (placed), tokenizer, and the shape buckets."""
+
     cfg: ModelConfig
     params: Params
     tokenizer: Tokenizer
@@ -93,38 +105,43 @@ class Engine:
     rules: tuple = ()
     batch_size: int | None = None  # rows per compiled call; None: next power of two of the request
     length_bucket: int = decode.DEFAULT_LENGTH_BUCKET
-    system_prompt: str = DEFAULT_SYSTEM_PROMPT
+    system_prompt: str = SYSTEM_DEFAULT  # "default": DeepSeek-VL's prompt; "" none; else the text
 
     @classmethod
-    def load(cls, checkpoint_dir: str | os.PathLike, tokenizer: str | os.PathLike | Tokenizer | None = None, *,
-             mesh_shape: Mapping[str, int] | Sequence[int] | None = None,
-             rules_override: Mapping[str, Any] | None = None, dtype: str | None = None, **options) -> "Engine":
-        """Load a params checkpoint (model_config.json + params/) and its tokenizer.
+    def load(
+        cls,
+        path: str | os.PathLike,
+        tokenizer: str | os.PathLike | Tokenizer | None = None,
+        *,
+        mesh_shape: Mapping[str, int] | Sequence[int] | None = None,
+        rules_override: Mapping[str, Any] | None = None,
+        dtype: str | None = None,
+        **options,
+    ) -> Engine:
+        """Load any model folder (`checkpoints.open_model`: a run dir, a step checkpoint, a params
+        checkpoint or an HF folder) and its tokenizer.
 
         tokenizer: a Tokenizer, a path (`.model`, `tokenizer.json` or its folder), or None for the
-        tokenizer file stored in checkpoint_dir. mesh_shape: {"data", "fsdp", "tensor"} sizes (one may
-        be -1) or a (data, fsdp, tensor) tuple; None keeps everything on the first device. dtype
-        overrides the compute dtype (e.g. "bfloat16"). Other options are Engine fields (batch_size,
+        one stored with the model. mesh_shape: {"data", "fsdp", "tensor"} sizes (one may be -1) or a
+        (data, fsdp, tensor) tuple; None keeps everything on the first device. dtype overrides the
+        compute dtype (e.g. "bfloat16"). Other options are Engine fields (batch_size,
         length_bucket, system_prompt).
         """
-        from dsvl_jax.train.checkpoint import load_params, read_config
-
-        checkpoint_dir = Path(checkpoint_dir)
+        src = open_model(path)
         if not isinstance(tokenizer, Tokenizer):
-            path = tokenizer if tokenizer is not None else find_tokenizer(checkpoint_dir)
-            if path is None:
-                raise InferenceError(f"{checkpoint_dir}: no tokenizer (tokenizer.json, tokenizer.model or tokenizer/) "
-                                     "in the checkpoint; pass one explicitly (--tokenizer)")
-            tokenizer = load_tokenizer(path)
-        cfg = read_config(str(checkpoint_dir))
-        if dtype is not None:
-            cfg = dataclasses.replace(cfg, dtype=dtype)
+            tokenizer = tokenizer if tokenizer is not None else src.tokenizer
+            if tokenizer is None:
+                raise InferenceError(
+                    f"{src.path}: no tokenizer (tokenizer.json, tokenizer.model or tokenizer/) "
+                    "stored with the model; pass one explicitly (--tokenizer)"
+                )
+            tokenizer = load_tokenizer(tokenizer)
+        cfg = src.cfg if dtype is None else dataclasses.replace(src.cfg, dtype=dtype)
         check_tokenizer(cfg, tokenizer)
         mesh, rules, shardings = None, (), None
         if mesh_shape is not None:
             mesh, rules, shardings = param_shardings(cfg, mesh_shape, rules_override)
-        _, params = load_params(str(checkpoint_dir), cfg, shardings=shardings)
-        return cls(cfg, params, tokenizer, mesh, rules, **options)
+        return cls(cfg, src.params(cfg, shardings), tokenizer, mesh, rules, **options)
 
     @property
     def data_parallel(self) -> int:
@@ -141,36 +158,54 @@ class Engine:
         stack.enter_context(nn.logical_axis_rules(self.rules))
         return stack
 
-    def prompts(self, messages_batch: Sequence[Conversation],
-                images_batch: Sequence[Sequence[ImageLike]] | None = None) -> list[tuple[np.ndarray, list]]:
+    def prompts(
+        self,
+        messages_batch: Sequence[Conversation],
+        images_batch: Sequence[Sequence[ImageLike]] | None = None,
+    ) -> list[tuple[np.ndarray, list]]:
         """-> per conversation (prompt ids [T] int32, its PIL images)."""
         if isinstance(messages_batch, str):
             raise InferenceError("messages_batch: expected a list of conversations, got one string")
         if images_batch is None:
             images_batch = [()] * len(messages_batch)
         if len(images_batch) != len(messages_batch):
-            raise InferenceError(f"{len(messages_batch)} conversations but {len(images_batch)} image lists")
+            raise InferenceError(
+                f"{len(messages_batch)} conversations but {len(images_batch)} image lists"
+            )
         out = []
         for i, (conv, imgs) in enumerate(zip(messages_batch, images_batch)):
             imgs = [] if imgs is None else list(imgs)
             msgs = as_messages(conv, len(imgs), f"conversation {i}")
-            ids = render_generation_prompt(msgs, self.tokenizer, self.cfg.num_image_tokens,
-                                           default_system=self.system_prompt).ids
-            out.append((ids, [load_image(im, f"conversation {i} image {k}") for k, im in enumerate(imgs)]))
+            ids = render_generation_prompt(
+                msgs,
+                self.tokenizer,
+                self.cfg.num_image_tokens,
+                default_system=system_prompt(self.system_prompt),
+            ).ids
+            out.append(
+                (ids, [load_image(im, f"conversation {i} image {k}") for k, im in enumerate(imgs)])
+            )
         return out
 
-    def generate_ids(self, prompts: Sequence[tuple[np.ndarray, list]], *, max_new_tokens: int = 128,
-                     temperature: float = 0.0, top_p: float = 1.0, seed: int = 0) -> np.ndarray:
+    def generate_ids(
+        self,
+        prompts: Sequence[tuple[np.ndarray, list]],
+        *,
+        max_new_tokens: int = 128,
+        temperature: float = 0.0,
+        top_p: float = 1.0,
+        seed: int = 0,
+    ) -> np.ndarray:
         """(prompt ids, PIL images) pairs -> new ids [N, max_new_tokens] (pad after EOS)."""
-        from dsvl_jax.data.preprocess import image_spec, normalize_batch, preprocess
-
         n = len(prompts)
         if n == 0:
             return np.zeros((0, max_new_tokens), np.int32)
         longest = max(len(p) for p, _ in prompts)
         if longest + max_new_tokens > self.cfg.llm.max_position:
-            raise InferenceError(f"prompt of {longest} tokens + max_new_tokens {max_new_tokens} exceeds "
-                                 f"model.llm.max_position={self.cfg.llm.max_position}")
+            raise InferenceError(
+                f"prompt of {longest} tokens + max_new_tokens {max_new_tokens} exceeds "
+                f"model.llm.max_position={self.cfg.llm.max_position}"
+            )
         dp = self.data_parallel
         batch = self.batch_size or _next_pow2(n)
         batch = -(-batch // dp) * dp
@@ -178,18 +213,24 @@ class Engine:
         tok = self.tokenizer
         outs = []
         for c, start in enumerate(range(0, n, batch)):
-            chunk = prompts[start:start + batch]
+            chunk = prompts[start : start + batch]
             t = max(len(p) for p, _ in chunk)
             ids = np.full((len(chunk), t), tok.pad_id, np.int32)
             mask = np.zeros((len(chunk), t), np.int32)
             for r, (p, _) in enumerate(chunk):
-                ids[r, t - len(p):], mask[r, t - len(p):] = p, 1
+                ids[r, t - len(p) :], mask[r, t - len(p) :] = p, 1
             slots = max(len(imgs) for _, imgs in chunk)
             pixels = high = None
             if slots:
-                views = {"pixels": np.zeros((len(chunk), slots, spec.low_size, spec.low_size, 3), np.uint8)}
+                views = {
+                    "pixels": np.zeros(
+                        (len(chunk), slots, spec.low_size, spec.low_size, 3), np.uint8
+                    )
+                }
                 if spec.hybrid:
-                    views["high_pixels"] = np.zeros((len(chunk), slots, spec.high_size, spec.high_size, 3), np.uint8)
+                    views["high_pixels"] = np.zeros(
+                        (len(chunk), slots, spec.high_size, spec.high_size, 3), np.uint8
+                    )
                 for r, (_, imgs) in enumerate(chunk):
                     for k, im in enumerate(imgs):
                         for key, v in preprocess(im, spec).items():
@@ -198,10 +239,23 @@ class Engine:
                 pixels, high = norm["pixels"], norm.get("high_pixels")
             rng = jax.random.fold_in(jax.random.key(seed), c)
             with self._context():
-                new = decode.generate(self.cfg, self.params, ids, mask, pixels, high, max_new_tokens=max_new_tokens,
-                                      stop_ids=[tok.eos_id], pad_id=tok.pad_id, temperature=temperature, top_p=top_p,
-                                      rng=rng, length_bucket=self.length_bucket, batch_size=batch,
-                                      vocab_limit=tok.vocab_size)
+                new = decode.generate(
+                    self.cfg,
+                    self.params,
+                    ids,
+                    mask,
+                    pixels,
+                    high,
+                    max_new_tokens=max_new_tokens,
+                    stop_ids=[tok.eos_id],
+                    pad_id=tok.pad_id,
+                    temperature=temperature,
+                    top_p=top_p,
+                    rng=rng,
+                    length_bucket=self.length_bucket,
+                    batch_size=batch,
+                    vocab_limit=tok.vocab_size,
+                )
             outs.append(new)
         return np.concatenate(outs, axis=0)
 
@@ -209,37 +263,56 @@ class Engine:
         """New ids -> text up to the first EOS, special tokens dropped, stripped."""
         toks = [int(x) for x in new_ids if int(x) < self.tokenizer.vocab_size]
         if self.tokenizer.eos_id in toks:
-            toks = toks[:toks.index(self.tokenizer.eos_id)]
+            toks = toks[: toks.index(self.tokenizer.eos_id)]
         return self.tokenizer.decode(toks, skip_special=True).strip()
 
-    def chat(self, messages_batch: Sequence[Conversation], images_batch: Sequence[Sequence[ImageLike]] | None = None,
-             max_new_tokens: int = 128, temperature: float = 0.0, top_p: float = 1.0, seed: int = 0) -> list[str]:
+    def chat(
+        self,
+        messages_batch: Sequence[Conversation],
+        images_batch: Sequence[Sequence[ImageLike]] | None = None,
+        max_new_tokens: int = 128,
+        temperature: float = 0.0,
+        top_p: float = 1.0,
+        seed: int = 0,
+    ) -> list[str]:
         """Answer each conversation (greedy when temperature == 0). -> one answer string per conversation."""
-        new = self.generate_ids(self.prompts(messages_batch, images_batch), max_new_tokens=max_new_tokens,
-                                temperature=temperature, top_p=top_p, seed=seed)
+        new = self.generate_ids(
+            self.prompts(messages_batch, images_batch),
+            max_new_tokens=max_new_tokens,
+            temperature=temperature,
+            top_p=top_p,
+            seed=seed,
+        )
         return [self.decode_answer(row) for row in new]
 
 
 def check_tokenizer(cfg: ModelConfig, tok: Tokenizer) -> None:
-    from dsvl_jax.data.tokenizer import model_mismatch
     if why := model_mismatch(tok, cfg.image_token_id, cfg.llm.vocab_size):
         raise InferenceError(why + "; is it the tokenizer the model was trained with?")
 
 
-def param_shardings(cfg: ModelConfig, mesh_shape: Mapping[str, int] | Sequence[int],
-                    rules_override: Mapping[str, Any] | None = None):
+def param_shardings(
+    cfg: ModelConfig,
+    mesh_shape: Mapping[str, int] | Sequence[int],
+    rules_override: Mapping[str, Any] | None = None,
+):
     """-> (mesh, rules, per-parameter NamedShardings), with the training rules of parallel/rules.py."""
-    from dsvl_jax.model.params import abstract_params, logical_axes
-    from dsvl_jax.parallel import MESH_AXES, build_mesh, logical_to_shardings, rules_from_config
-
     if not isinstance(mesh_shape, Mapping):
         if len(mesh_shape) != len(MESH_AXES):
-            raise InferenceError(f"mesh_shape {tuple(mesh_shape)}: expected {len(MESH_AXES)} sizes {MESH_AXES}")
+            raise InferenceError(
+                f"mesh_shape {tuple(mesh_shape)}: expected {len(MESH_AXES)} sizes {MESH_AXES}"
+            )
         mesh_shape = dict(zip(MESH_AXES, mesh_shape))
     mesh = build_mesh({"ici": dict(mesh_shape)})
     rules = rules_from_config(rules_override)
     return mesh, rules, logical_to_shardings(logical_axes(cfg), abstract_params(cfg), mesh, rules)
 
 
-__all__ = ["Engine", "InferenceError", "as_messages", "check_tokenizer", "load_image",
-           "param_shardings"]
+__all__ = [
+    "Engine",
+    "InferenceError",
+    "as_messages",
+    "check_tokenizer",
+    "load_image",
+    "param_shardings",
+]

@@ -1,48 +1,52 @@
-"""Stage 3 — supervised fine-tuning (paper §3.2.3): LLM + adaptor + SigLIP train, SAM stays frozen.
+"""Stage 3 — supervised fine-tuning: the LLM, the adaptor (with the SAM-side adaptor part on 7B) and
+SigLIP train; the SAM trunk stays frozen.
 
   python -m dsvl_jax.train --config=experiments/stage3_sft.py:7b --config.init_from=runs/7b/stage2 \
       --workdir=runs/7b/stage3
 Arg: tiny | 1.3b | 7b. Loss only on answers (and their EOS); no packing (Table 4).
-Data (Table 2): in-house + general multimodal SFT 46%, tables/charts/docs, screen-to-code, text SFT 47.9%.
+Recipe: docs/recipe.md#training-stages-table-4 (hyper-parameters), docs/recipe.md#stage-3-table-2 (mix).
 """
-from dsvl_jax.config import base_config, embedded_tokenizer, set_sources
+
+from dsvl_jax.config import REAL_SIZES, base_config, set_sources, size_defaults
 from dsvl_jax.train.optim import STAGE_TRAINABLE
 
-# Table 4 (spec §5.2), stage-3 columns: identical for 1.3B and 7B.
-PAPER = dict(lr=2.0e-5, schedule="cosine", weight_decay=0.0, clip_norm=1.0, b1=0.9, b2=0.95, warmup_steps=256,
-             steps=10000, batch_size=256, seq_len=4096)
-# lr 3e-3 learns from the image only after a long plateau (and not in every run); 1e-3 does within ~250 steps
-TINY = dict(lr=1e-3, schedule="cosine", weight_decay=0.0, clip_norm=1.0, b1=0.9, b2=0.95, warmup_steps=20,
-            steps=1000, batch_size=8, seq_len=128)
-# Table 2 classes on our corpus kinds for real runs (prepare each with `python -m dsvl_jax.data prepare`):
-# general multimodal + in-house 46% (conversations -> caption/interleaved kinds), tables/charts/docs,
-# screens, and text-only SFT 47.9%.
-REAL_MIX = {"caption": 35.5, "interleaved": 10.5, "chart": 4.0, "screenshot": 1.0, "pdf": 1.1, "text": 47.9}
+# Table 4, stage-3 columns: identical for 1.3B and 7B (AdamW betas, clipping, weight decay: the
+# base defaults).
+PAPER = dict(
+    lr=2.0e-5, schedule="cosine", warmup_steps=256, steps=10000, batch_size=256, seq_len=4096
+)
+# lr 3e-3 learns from the image only after a long plateau (and not in every run); 1e-3 does within
+# ~250 steps
+TINY = dict(lr=1e-3, schedule="cosine", warmup_steps=20, steps=1000, batch_size=8, seq_len=128)
+# Table 2's classes on the corpus kinds for real runs (prepare each with `python -m dsvl_jax.data
+# prepare`): general multimodal + in-house 46% (conversations -> caption/interleaved kinds),
+# tables/charts/docs, screens, and text-only SFT 47.9%.
+REAL_MIX = {
+    "caption": 35.5,
+    "interleaved": 10.5,
+    "chart": 4.0,
+    "screenshot": 1.0,
+    "pdf": 1.1,
+    "text": 47.9,
+}
 TINY_MIX = {"chart": 1.0}  # the embedded corpus's SFT conversations are the chart questions
 
 
 def get_config(arg: str = "tiny"):
     size = arg or "tiny"
     c = base_config(size)
-    c.train.update(PAPER if size in ("1.3b", "7b") else TINY)
+    size_defaults(c, size)
+    real = size in REAL_SIZES
+    c.train.update(PAPER if real else TINY)
     c.train.stage = 3
     c.train.trainable = STAGE_TRAINABLE[3]
     c.data.pack = False
-    real = size in ("1.3b", "7b")
     set_sources(c.data, c, REAL_MIX if real else TINY_MIX)
     c.data.text_ratio = 0.479 if real else 0.0
     set_sources(c.eval, c, {"chart": 1.0}, folder="heldout")
-    c.eval.every_steps = c.train.steps // 4
+    c.eval.every_steps = 1000 if real else c.train.steps // 4
     c.eval.qa_items = 64
     if real:
         c.init_from = f"runs/{size}/stage2"
-        c.data.tokenizer = f"hf/deepseek-vl-{size}-base"
-        c.model.dtype = "bfloat16"
-        c.model.remat_policy = "full"
         c.train.microbatches = 1  # fits v5p-256 (AOT, splash: 1.3B 4.8 GiB/chip, 7B 7.8 GiB/chip)
-        c.checkpoint.every_steps, c.log.every_steps = 1000, 50
-        c.eval.every_steps = 1000
-    else:
-        embedded_tokenizer(c)
-        c.checkpoint.every_steps, c.log.every_steps = 100, 10
     return c.lock()

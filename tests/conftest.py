@@ -1,4 +1,5 @@
 """Test-wide setup: 8 fake CPU devices (set before JAX is imported) and shared tiny fixtures."""
+
 import os
 
 os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")

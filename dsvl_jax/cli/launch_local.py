@@ -1,132 +1,50 @@
-"""`python -m dsvl_jax.launch_local --procs=N [--devices_per_proc=4] -- <command> [flags...]`.
+"""Run a dsvl_jax command as N local CPU processes joined by jax.distributed over 127.0.0.1.
 
-Runs a dsvl_jax command (default use: `train`) as N local CPU processes joined by jax.distributed over
-127.0.0.1: the multi-host code path (per-host data shards, global arrays, checkpoints written by every
-process) on one machine. Each process gets DSVL_COORDINATOR / DSVL_NUM_PROCESSES / DSVL_PROCESS_ID (read by
-parallel/distributed.py) and its own fake CPU devices through XLA_FLAGS. Output lines are prefixed with
-`[pI]` (and kept whole in --log_dir/proc_I.log); if one process fails the others are stopped, since they
-would wait in a collective forever. The last stdout line is one JSON object: {"procs", "returncodes",
-"results"}, where results[i] is the last JSON line process i printed (the train command prints its final
-metrics on every process) or null.
-
-  python -m dsvl_jax.launch_local --procs=2 -- train --config=experiments/stage1_aligner.py:tiny --workdir=runs/mp
+The multi-host code path (per-host data shards, global arrays, checkpoints written by every process)
+on one machine: each process gets its own fake CPU devices. Give the command after `--`. Output
+lines are prefixed with `[pI]`; if one process fails the others are stopped. The last stdout line is
+one JSON object {"procs", "returncodes", "results"} (results[i]: the last JSON line process i
+printed); the exit code is the first non-zero return code.
 """
+
 from __future__ import annotations
 
-import argparse
 import json
-import os
-import re
-import socket
-import subprocess
-import sys
-import threading
-import time
 
-GRACE_S = 10.0  # after one process fails, the others get this long to exit before being terminated
+from absl import app, flags
 
+from dsvl_jax.cli import command
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+FLAGS = flags.FLAGS
+EXAMPLE = (
+    "python -m dsvl_jax.launch_local --procs=2 -- train --config=experiments/stage1_aligner.py:tiny "
+    "--workdir=runs/mp"
+)
 
 
-def process_env(base: dict, i: int, n: int, port: int, devices: int) -> dict:
-    """The environment of local process i of n: coordinator, rank, and its own fake CPU device count."""
-    flags = re.sub(r"--xla_force_host_platform_device_count=\S+", "", base.get("XLA_FLAGS", "")).split()
-    env = dict(base, DSVL_COORDINATOR=f"127.0.0.1:{port}", DSVL_NUM_PROCESSES=str(n), DSVL_PROCESS_ID=str(i),
-               XLA_FLAGS=" ".join(flags + [f"--xla_force_host_platform_device_count={devices}"]),
-               JAX_PLATFORMS="cpu")
-    env.pop("DSVL_DISTRIBUTED", None)
-    return env
+def define_flags() -> None:
+    flags.DEFINE_integer("procs", None, "Number of processes.", lower_bound=1)
+    flags.DEFINE_integer("devices_per_proc", 4, "Fake CPU devices per process.", lower_bound=1)
+    flags.DEFINE_integer("port", 0, "Coordinator port on 127.0.0.1 (0: a free one).")
+    flags.DEFINE_float("timeout_s", None, "Stop every process after this long.")
 
 
-def _last_json(lines: list[str]):
-    for line in reversed(lines):
-        line = line.strip()
-        if line.startswith("{") and line.endswith("}"):
-            try:
-                return json.loads(line)
-            except json.JSONDecodeError:
-                continue
-    return None
+def main(argv: list[str]) -> int:
+    """--log_dir (absl's own flag, reused): also write each process's output to LOG_DIR/proc_I.log."""
+    if not FLAGS.procs:
+        raise app.UsageError("--procs is required")
+    if not argv:
+        raise app.UsageError(
+            "nothing to run: give the command after --, e.g. -- train --config=..."
+        )
+    from dsvl_jax.parallel.local_launch import launch
 
-
-def launch(command: list[str], procs: int, devices_per_proc: int = 4, port: int = 0, log_dir: str = "",
-           timeout_s: float | None = None, out=sys.stdout) -> dict:
-    """Start `python -m dsvl_jax.<command[0]> command[1:]` N times, stream output, wait; see module doc."""
-    if procs < 1 or devices_per_proc < 1:
-        raise ValueError(f"--procs={procs} and --devices_per_proc={devices_per_proc} must be >= 1")
-    if not command:
-        raise ValueError("nothing to run: give the command after --, e.g. -- train --config=...")
-    port = port or free_port()
-    if log_dir:
-        os.makedirs(log_dir, exist_ok=True)
-    argv = [sys.executable, "-m", f"dsvl_jax.{command[0]}", *command[1:]]
-    lines: list[list[str]] = [[] for _ in range(procs)]
-    lock = threading.Lock()
-    ps = [subprocess.Popen(argv, env=process_env(dict(os.environ), i, procs, port, devices_per_proc),
-                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1)
-          for i in range(procs)]
-
-    def pump(i: int, p: subprocess.Popen) -> None:
-        log = open(os.path.join(log_dir, f"proc_{i}.log"), "w") if log_dir else None
-        for line in p.stdout:
-            lines[i].append(line)
-            if log:
-                log.write(line)
-            with lock:
-                out.write(f"[p{i}] {line}")
-                out.flush()
-        if log:
-            log.close()
-
-    threads = [threading.Thread(target=pump, args=(i, p), daemon=True) for i, p in enumerate(ps)]
-    for th in threads:
-        th.start()
-    deadline = None if timeout_s is None else time.monotonic() + timeout_s
-    failed_at = None
-    while any(p.poll() is None for p in ps):
-        now = time.monotonic()
-        if failed_at is None and any(p.poll() not in (None, 0) for p in ps):
-            failed_at = now
-        if (failed_at is not None and now - failed_at > GRACE_S) or (deadline is not None and now > deadline):
-            for p in ps:
-                if p.poll() is None:
-                    p.terminate()
-            break
-        time.sleep(0.2)
-    for p in ps:
-        try:
-            p.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            p.kill()
-            p.wait()
-    for th in threads:
-        th.join(timeout=10)
-    return {"procs": procs, "port": port, "returncodes": [p.returncode for p in ps],
-            "results": [_last_json(ls) for ls in lines]}
-
-
-def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m dsvl_jax.launch_local", description=__doc__.split("\n\n")[1],
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--procs", type=int, required=True, help="number of processes")
-    ap.add_argument("--devices_per_proc", type=int, default=4, help="fake CPU devices per process")
-    ap.add_argument("--port", type=int, default=0, help="coordinator port on 127.0.0.1 (0: a free one)")
-    ap.add_argument("--log_dir", default="", help="also write each process's output to LOG_DIR/proc_I.log")
-    ap.add_argument("--timeout_s", type=float, default=None, help="stop every process after this long")
-    ap.add_argument("command", nargs=argparse.REMAINDER, help="-- <dsvl_jax command> [flags...]")
-    a = ap.parse_args(argv)
-    cmd = a.command[1:] if a.command[:1] == ["--"] else a.command
-    try:
-        res = launch(cmd, a.procs, a.devices_per_proc, a.port, a.log_dir, a.timeout_s)
-    except ValueError as e:
-        ap.error(str(e))
+    res = launch(
+        argv, FLAGS.procs, FLAGS.devices_per_proc, FLAGS.port, FLAGS.log_dir, FLAGS.timeout_s
+    )
     print(json.dumps(res), flush=True)
     return next((rc for rc in res["returncodes"] if rc), 0)
 
 
 def entry() -> None:
-    sys.exit(main())
+    command.run("launch_local", main, doc=__doc__, example=EXAMPLE, define_flags=define_flags)

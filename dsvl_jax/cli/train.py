@@ -1,48 +1,62 @@
-"""`python -m dsvl_jax.train --config=experiments/<stage>.py:<size> --workdir=DIR [--config.key=value ...]`.
+"""Run (or resume) one training stage.
 
-Runs (or resumes: the same command continues from DIR's latest checkpoint) one training stage.
-Writes DIR/config.json, DIR/metrics.jsonl, DIR/tensorboard/, DIR/checkpoints/, DIR/final/ (the
-params the next stage starts from with --config.init_from=DIR). Bad configs fail with one line
-and exit code 2 before anything compiles; SIGTERM saves a checkpoint and exits with 143.
+Rerunning the same command continues from the workdir's latest checkpoint. Writes WORKDIR/config.json,
+metrics.jsonl, tensorboard/, checkpoints/<step>/ and, when the stage completes, final/ (params +
+tokenizer: the next stage's --config.init_from=WORKDIR). Config errors fail before anything
+compiles (exit 2); SIGTERM saves a checkpoint and exits 143. The last stdout line is one JSON
+object: workdir, step, final, skipped_steps, compiles and the last logged metrics.
 """
+
 from __future__ import annotations
 
 import json
-import sys
 
-from absl import app, flags
+from absl import flags
 from ml_collections import config_flags
 
-from dsvl_jax.cli.common import setup_process
+from dsvl_jax.cli import command
 
-_CONFIG = config_flags.DEFINE_config_file("config", None, "Stage config: experiments/<file>.py:<arg>.",
-                                          lock_config=True)
-_WORKDIR = flags.DEFINE_string("workdir", None, "Run directory (checkpoints, metrics, final params).")
+FLAGS = flags.FLAGS
+EXAMPLE = "python -m dsvl_jax.train --config=experiments/stage1_aligner.py:tiny --workdir=runs/s1"
 
 
-def main(argv) -> None:
-    del argv
-    setup_process()
-    from dsvl_jax.data.pipeline import DataError
-    from dsvl_jax.model.config import ConfigError
-    from dsvl_jax.parallel.mesh import MeshError
-    from dsvl_jax.parallel.sharding import ShardingError
-    from dsvl_jax.train.loop import Preempted, RunError, train
+def define_flags() -> None:
+    config_flags.DEFINE_config_file(
+        "config",
+        None,
+        "Stage config: experiments/<file>.py:<size> (override fields with --config.train.lr=...).",
+        lock_config=True,
+    )
+    flags.DEFINE_string("workdir", None, "Run directory (checkpoints, metrics, final params).")
 
-    if not _WORKDIR.value:
-        raise app.UsageError("--workdir is required")
-    try:
-        res = train(_CONFIG.value, _WORKDIR.value)
-    except (ConfigError, MeshError, ShardingError, RunError, DataError, ValueError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(2)
-    except Preempted as e:
-        print(str(e), file=sys.stderr)
-        sys.exit(143)
-    print(json.dumps({"workdir": res.workdir, "step": res.step, "final": res.final_dir,
-                      "skipped_steps": res.skipped_steps, "compiles": res.compiles,
-                      **{k: v for k, v in res.last_metrics.items() if k != "step"}}))
+
+def main(argv: list[str]) -> None:
+    command.check_usage(argv, required=("config", "workdir"))
+    command.setup_device_process()
+    from dsvl_jax.train.loop import train
+
+    res = train(FLAGS.config, FLAGS.workdir)
+    print(
+        json.dumps(
+            {
+                "workdir": res.workdir,
+                "step": res.step,
+                "final": res.final_dir,
+                "skipped_steps": res.skipped_steps,
+                "compiles": res.compiles,
+                **{k: v for k, v in res.last_metrics.items() if k != "step"},
+            }
+        ),
+        flush=True,
+    )
 
 
 def entry() -> None:
-    app.run(main)
+    command.run(
+        "train",
+        main,
+        doc=__doc__,
+        example=EXAMPLE,
+        define_flags=define_flags,
+        config_flags=("config",),
+    )

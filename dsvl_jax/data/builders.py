@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import json
 import logging
 import os
 import shutil
@@ -22,9 +23,13 @@ import time
 from typing import Iterable, Iterator, Sequence
 
 import tensorflow_datasets as tfds
+from tqdm import tqdm
 
-from dsvl_jax.data import records
-from dsvl_jax.data.importers import DEFAULT_MAX_SKIP_RATE, SkipCounter, import_examples
+from dsvl_jax import compat
+from dsvl_jax.data import records, shards, tokenizer
+from dsvl_jax.data.corpus import generate
+from dsvl_jax.data.importers import DEFAULT_MAX_SKIP_RATE, SkipCounter, SkipRateExceeded, import_examples
+from dsvl_jax.errors import ConfigError
 
 log = logging.getLogger(__name__)
 SPLIT = "train"
@@ -61,8 +66,6 @@ class ShardBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
         return ""
 
     def _generate_examples(self) -> Iterator[tuple[int, dict]]:
-        from tqdm import tqdm
-
         bar = tqdm(self._examples(), total=self._total(), desc=self.name, unit=" rec", disable=not self._progress,
                    mininterval=0.5, dynamic_ncols=True)
         for i, ex in enumerate(bar):
@@ -92,9 +95,7 @@ class ShardBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
 @contextlib.contextmanager
 def _quiet_tfds():
     """Our tqdm replaces tfds's bars; 'custom data configuration' warnings are expected here."""
-    from tensorflow_datasets.core.utils import tqdm_utils
-
-    was, absl_log = getattr(tqdm_utils, "_active", True), logging.getLogger("absl")
+    was, absl_log = compat.tfds_progress_bar_state(), logging.getLogger("absl")
     level = absl_log.level
     tfds.display_progress_bar(False)
     absl_log.setLevel(max(level, logging.ERROR))
@@ -131,8 +132,6 @@ class CorpusBuilder(ShardBuilder, skip_registration=True):
         return self.builder_config.n
 
     def _examples(self) -> Iterable[records.Example]:
-        from dsvl_jax.data.corpus import generate
-
         c = self.builder_config
         return generate(self.KIND, c.n, c.seed, image_size=c.image_size)
 
@@ -175,15 +174,21 @@ def generate_corpus(kinds: Sequence[str], data_dir: str, *, n: int, seed: int = 
     """Write the embedded corpus, one dataset per kind; returns {kind: dataset dir}."""
     bad = [k for k in kinds if k not in CORPUS_BUILDERS]
     if bad:
-        raise ValueError(f"unknown corpus kinds {bad}; one of {records.KINDS}")
+        raise ConfigError(f"unknown corpus kinds {bad}; one of {records.KINDS}")
     if n < 1:
-        raise ValueError(f"corpus n={n} must be >= 1 records per kind")
+        raise ConfigError(f"corpus n={n} must be >= 1 records per kind")
     out = {}
     for kind in kinds:
         with _quiet_tfds():
             b = CORPUS_BUILDERS[kind](data_dir=data_dir, config=corpus_config(n, seed, image_size), progress=progress)
         out[kind] = b.build(overwrite=overwrite)
     return out
+
+
+def train_tokenizer(dataset_dirs: Iterable[str], vocab_size: int, out: str) -> tokenizer.Tokenizer:
+    """A SentencePiece tokenizer of `vocab_size` trained on the text of prepared datasets -> `out`."""
+    tokenizer.train_on_examples(shards.iter_examples(dataset_dirs), vocab_size, out=out)
+    return tokenizer.load_tokenizer(out)
 
 
 # --- imported data -----------------------------------------------------------------------------
@@ -212,6 +217,10 @@ class DsvlImported(ShardBuilder):
         self.info.metadata.update({"format": self.fmt, "import_report": rep})
 
 
+class DatasetExists(FileExistsError, ConfigError):
+    """`prepare` would overwrite a prepared dataset (an import's input is not part of its name)."""
+
+
 @dataclasses.dataclass(frozen=True)
 class PrepareResult:
     dataset_dir: str
@@ -221,12 +230,14 @@ class PrepareResult:
 def prepare(fmt: str, input_path: str, data_dir: str, *, images: str | None = None,
             max_skip_rate: float | None = DEFAULT_MAX_SKIP_RATE, max_pixels: int = records.DEFAULT_MAX_PIXELS,
             kind: str | None = None, dpi: int = 96, min_seen: int | None = None, overwrite: bool = False,
-            progress: bool = False, counter: SkipCounter | None = None) -> PrepareResult:
+            progress: bool = False, counter: SkipCounter | None = None,
+            report_path: str | None = None) -> PrepareResult:
     """Import `input_path` (format `fmt`) into ArrayRecord shards under `data_dir`.
 
     Refuses to reuse an existing dataset unless `overwrite` (an import's input is not part of its
     name). Raises `importers.SkipRateExceeded` when too many records are bad; then nothing is kept
-    and `counter` (if given) holds the tally for a report.
+    and `counter` (if given) holds the tally. `report_path` receives the report JSON (written, skipped by
+    reason, skipped ids) either way.
     """
     counter = counter or SkipCounter(input_path, max_skip_rate)
     counter.max_skip_rate = max_skip_rate
@@ -236,8 +247,21 @@ def prepare(fmt: str, input_path: str, data_dir: str, *, images: str | None = No
     b = DsvlImported(data_dir=data_dir, fmt=fmt, input_path=input_path, counter=counter, progress=progress,
                      import_kwargs=dict(images=images, max_pixels=max_pixels, kind=kind, dpi=dpi))
     if os.path.exists(b.data_dir) and not overwrite:
-        raise FileExistsError(f"{b.data_dir} already holds a prepared dataset; pass --overwrite to replace it "
+        raise DatasetExists(f"{b.data_dir} already holds a prepared dataset; pass --overwrite to replace it "
                               "or choose another --out")
-    d = b.build(overwrite=overwrite)
+    try:
+        d = b.build(overwrite=overwrite)
+    except SkipRateExceeded as e:
+        if report_path:
+            _write_json(report_path, {"format": fmt, **counter.report(), "error": str(e)})
+        raise
     report = {"format": fmt, "dataset_dir": d, **counter.report(), "seconds": round(time.time() - t0, 2)}
+    if report_path:
+        _write_json(report_path, report)
     return PrepareResult(d, report)
+
+
+def _write_json(path: str, obj: dict) -> None:
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    with open(path, "w") as f:
+        json.dump(obj, f, indent=1, ensure_ascii=False)

@@ -22,7 +22,9 @@ from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator
 
 from dsvl_jax.data import records
+from dsvl_jax.data.pdf import render_pdf
 from dsvl_jax.data.records import IMAGE_TAG, BadRecord, Example, Message
+from dsvl_jax.errors import ConfigError, Error
 
 FORMATS = ("llava", "captions", "pdf", "text")
 DEFAULT_MAX_SKIP_RATE = 0.1
@@ -31,8 +33,12 @@ LLAVA_TAG = "<image>"
 LLAVA_ROLES = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant", "system": "system"}
 
 
-class SkipRateExceeded(RuntimeError):
+class SkipRateExceeded(Error, RuntimeError):
     """Too many records of one input were bad: the input is probably wrong (paths, format, root)."""
+
+
+class InputNotFound(FileNotFoundError, ConfigError):
+    """The input path given to an importer does not exist."""
 
 
 @dataclasses.dataclass
@@ -99,15 +105,15 @@ def import_examples(fmt: str, path: str, counter: SkipCounter, *, images: str | 
     `kind` overrides the corpus kind (llava: "caption" with images, "text" without; pdf: "pdf").
     """
     if fmt not in FORMATS:
-        raise ValueError(f"unknown import format {fmt!r}; one of {FORMATS}")
+        raise ConfigError(f"unknown import format {fmt!r}; one of {FORMATS}")
     if kind is not None and kind not in records.KINDS:
-        raise ValueError(f"kind {kind!r} is not one of {records.KINDS}")
+        raise ConfigError(f"kind {kind!r} is not one of {records.KINDS}")
     if not os.path.exists(path):
-        raise FileNotFoundError(f"import input {path} does not exist")
+        raise InputNotFound(f"import input {path} does not exist")
     if fmt == "pdf":
         return _skip_policy(_pdf_items(path, dpi, kind or "pdf", max_pixels), counter)
     if not os.path.isfile(path):
-        raise ValueError(f"import input {path} is not a file ({fmt} reads one JSON/JSONL file)")
+        raise ConfigError(f"import input {path} is not a file ({fmt} reads one JSON/JSONL file)")
     root = Path(images if images is not None else os.path.dirname(os.path.abspath(path))).resolve()
     if not root.is_dir():
         raise NotADirectoryError(f"image root {root} (--images) is not a directory")
@@ -224,7 +230,6 @@ def _with_images(ex: Example, refs: list, load) -> Example:
 
 
 def _pdf_items(path: str, dpi: int, kind: str, max_pixels: int) -> Iterator[tuple[str, Callable[[], Example]]]:
-    from dsvl_jax.data.pdf import render_pdf
 
     if os.path.isdir(path):
         files = sorted(p for p in Path(path).rglob("*") if p.suffix.lower() == ".pdf" and p.is_file())

@@ -17,6 +17,7 @@ from typing import Sequence
 
 import numpy as np
 
+from dsvl_jax.errors import ConfigError
 TEXT, MULTIMODAL = "text", "multimodal"
 GROUPS = (TEXT, MULTIMODAL)
 
@@ -32,9 +33,9 @@ class RatioSchedule:
         for name in ("end", "start"):
             v = getattr(self, name)
             if not 0.0 <= v <= 1.0:
-                raise ValueError(f"data text ratio {name}={v} must be in [0, 1]")
+                raise ConfigError(f"data text ratio {name}={v} must be in [0, 1]")
         if self.warmup_steps < 0:
-            raise ValueError(f"data.modality_warmup_steps={self.warmup_steps} must be >= 0")
+            raise ConfigError(f"data.modality_warmup_steps={self.warmup_steps} must be >= 0")
 
     def __call__(self, step: int) -> float:
         if self.warmup_steps <= 0 or step >= self.warmup_steps:

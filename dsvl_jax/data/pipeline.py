@@ -21,15 +21,19 @@ from typing import Any, Callable, Mapping, Sequence
 import grain
 import numpy as np
 
-from dsvl_jax.data import records
+from dsvl_jax import compat
+from dsvl_jax.data import preprocess, records, template, tokenizer
 from dsvl_jax.data.mixture import GROUPS, MULTIMODAL, TEXT, Mixer, RatioSchedule
 from dsvl_jax.data.packing import RowPacker, Sample
+from dsvl_jax.data.shards import open_source
+from dsvl_jax.errors import Error
+from dsvl_jax.model.config import model_config_from_dict
 
 log = logging.getLogger(__name__)
 MAX_LOGGED_IDS = 100  # per source, kept in the iterator state (all skips are logged and counted)
 
 
-class DataError(RuntimeError):
+class DataError(Error, RuntimeError):
     """The data cannot feed training as configured (skip-rate cap, empty source, bad config)."""
 
 
@@ -46,9 +50,9 @@ class ToSample:
     """Example -> Sample (uint8 views + ids + target mask), or Skipped. Picklable: heavy state is lazy."""
 
     def __init__(self, source: int, tokenizer_path: str, model_cfg, max_pixels: int = records.DEFAULT_MAX_PIXELS,
-                 system_prompt: str = "default"):
+                 system_prompt: str = template.SYSTEM_DEFAULT):
         self.source, self.tokenizer_path, self.model_cfg, self.max_pixels = source, tokenizer_path, model_cfg, max_pixels
-        self.system_prompt = system_prompt_text(system_prompt)
+        self.system_prompt = template.system_prompt(system_prompt)
         self._tok = self._spec = None
 
     def __getstate__(self):
@@ -59,15 +63,12 @@ class ToSample:
 
     def _ready(self):
         if self._tok is None:
-            from dsvl_jax.data import preprocess, tokenizer
             self._tok = tokenizer.load_tokenizer(self.tokenizer_path)
             self._spec = preprocess.image_spec(self.model_cfg)
             check_tokenizer(self._tok, self.model_cfg)
         return self._tok, self._spec
 
     def __call__(self, ex: records.Example | Mapping) -> Sample | Skipped:
-        from dsvl_jax.data import preprocess, template
-
         tok, spec = self._ready()
         if not isinstance(ex, records.Example):
             ex = records.from_features(ex)
@@ -82,15 +83,8 @@ class ToSample:
         return Sample(ex.id, self.source, r.ids.astype(np.int32), r.loss_mask.astype(np.uint8), pixels, high)
 
 
-def system_prompt_text(name: str) -> str:
-    """data.system_prompt: "default" = the released models' prompt (spec 4.3), anything else is used as is."""
-    from dsvl_jax.data.template import DEFAULT_SYSTEM_PROMPT
-    return DEFAULT_SYSTEM_PROMPT if name == "default" else name
-
-
 def check_tokenizer(tok, model_cfg) -> None:
-    from dsvl_jax.data.tokenizer import model_mismatch
-    if why := model_mismatch(tok, model_cfg.image_token_id, model_cfg.llm.vocab_size):
+    if why := tokenizer.model_mismatch(tok, model_cfg.image_token_id, model_cfg.llm.vocab_size):
         raise DataError(why + " (set --config.model.image_token_id / model.llm.vocab_size to match)")
 
 
@@ -279,8 +273,6 @@ def build(cfg, *, host: int = 0, hosts: int = 1, sources: Sequence[SourceSpec] |
     `sources` replaces `cfg.data.sources` (tests pass in-memory lists of Examples).
     Host batches have `train.batch_size / hosts` rows.
     """
-    from dsvl_jax.model.config import model_config_from_dict
-
     mcfg = model_config_from_dict(cfg.model)
     d, t = cfg.data, cfg.train
     if t.batch_size % hosts:
@@ -303,7 +295,7 @@ def build(cfg, *, host: int = 0, hosts: int = 1, sources: Sequence[SourceSpec] |
         ds = ds.mp_prefetch(grain.MultiprocessingOptions(num_workers=d.workers,
                                                          per_worker_buffer_size=max(1, d.prefetch_batches)))
     elif d.prefetch_batches > 0:  # batches are assembled in a background thread, ahead of the step
-        ds = grain.experimental.ThreadPrefetchIterDataset(ds, prefetch_buffer_size=d.prefetch_batches)
+        ds = compat.thread_prefetch(ds, d.prefetch_batches)
     return ds
 
 
@@ -328,8 +320,6 @@ def iterator_stats(it) -> dict:
 
 def open_configured_sources(d) -> list[SourceSpec]:
     """`data.sources` entries -> SourceSpecs over prepared shard folders (see data/shards.py)."""
-    from dsvl_jax.data.shards import open_source
-
     out = []
     for name, s in d.sources.items():
         group = s.get("group", "") or ""

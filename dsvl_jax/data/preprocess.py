@@ -1,4 +1,4 @@
-"""Image -> fixed-size uint8 views for the vision towers (spec §1.4), matching HF's DeepSeek-VL processors.
+"""Image -> fixed-size uint8 views for the vision towers (docs/recipe.md#image-preprocessing), matching HF's DeepSeek-VL processors.
 
 Two layouts, picked by `ModelConfig.vision`:
 - `siglip` (1.3B, HF `DeepseekVLImageProcessor`): resize the longer side to S (bicubic), pad to S×S with

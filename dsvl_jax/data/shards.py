@@ -12,17 +12,27 @@ dataset; `open_sources(path)` returns all of them. Reading needs no TensorFlow a
 from __future__ import annotations
 
 import os
-from typing import Sequence
+from collections.abc import Iterable, Iterator, Sequence
 
 from dsvl_jax.data import records
+from dsvl_jax.errors import ConfigError
 
 INFO_FILE = "dataset_info.json"
+
+
+class DataNotFound(FileNotFoundError, ConfigError):
+    """A configured data folder that does not exist or holds no prepared dataset."""
+
+
+HINT = ("write it with `python -m dsvl_jax.data generate --out DIR` (the embedded corpus) or "
+        "`python -m dsvl_jax.data prepare ... --out DIR` (your data), or point data_root / "
+        "data.sources.<name>.path at it")
 
 
 def find_datasets(path: str, max_depth: int = 4) -> list[str]:
     """Dataset (version) directories at or below `path`, sorted."""
     if not os.path.isdir(path):
-        raise FileNotFoundError(f"prepared data dir {path} does not exist")
+        raise DataNotFound(f"prepared data dir {path} does not exist; {HINT}")
     found, base = [], path.rstrip(os.sep).count(os.sep)
     for root, dirs, files in os.walk(path):
         if INFO_FILE in files:
@@ -42,7 +52,7 @@ class ShardSource:
 
     def __init__(self, dataset_dir: str, split: str = "train"):
         if not os.path.isfile(os.path.join(dataset_dir, INFO_FILE)):
-            raise FileNotFoundError(f"{dataset_dir} has no {INFO_FILE}: not a prepared dataset dir")
+            raise DataNotFound(f"{dataset_dir} has no {INFO_FILE}: not a prepared dataset dir")
         self.dataset_dir, self.split = os.path.abspath(dataset_dir), split
         self._src = None
 
@@ -84,7 +94,7 @@ def open_source(path: str, split: str = "train") -> ShardSource:
     found = find_datasets(path)
     if len(found) != 1:
         what = "no prepared dataset" if not found else f"{len(found)} datasets ({', '.join(found)}); pick one"
-        raise ValueError(f"{path}: {what} (a dataset dir holds {INFO_FILE})")
+        raise (ConfigError if found else DataNotFound)(f"{path}: {what} (a dataset dir holds {INFO_FILE}); {HINT}")
     return ShardSource(found[0], split)
 
 
@@ -92,5 +102,13 @@ def open_sources(path: str, split: str = "train") -> dict[str, ShardSource]:
     """Every prepared dataset at or below `path`, keyed by its path relative to `path`."""
     found = find_datasets(path)
     if not found:
-        raise ValueError(f"{path}: no prepared dataset (a dataset dir holds {INFO_FILE})")
+        raise DataNotFound(f"{path}: no prepared dataset (a dataset dir holds {INFO_FILE}); {HINT}")
     return {os.path.relpath(d, path): ShardSource(d, split) for d in found}
+
+
+def iter_examples(paths: Iterable[str]) -> Iterator[records.Example]:
+    """Every Example of the prepared datasets at `paths`, in order (e.g. to train a tokenizer on)."""
+    for p in paths:
+        src = open_source(p)
+        for i in range(len(src)):
+            yield src[i]

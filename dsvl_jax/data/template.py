@@ -1,6 +1,6 @@
 """The "deepseek" chat template: an Example's messages -> (ids, loss_mask) for training, and prompts.
 
-String form (spec 4.3; DeepSeek-VL's conversation.py):
+String form (docs/recipe.md#chat-format; DeepSeek-VL's conversation.py):
 
     system + "\\n\\n" + "User: " + q1 + "\\n\\n" + "Assistant: " + a1 + EOS + "User: " + q2 + ...
 
@@ -13,7 +13,7 @@ String form (spec 4.3; DeepSeek-VL's conversation.py):
 
 Token form: BOS + the tokens of that string, each `IMAGE_TAG` replaced by `num_image_tokens`
 copies of the image id (the tag itself is not kept: add_special_token=false in DeepSeek's
-processor). `loss_mask[t]` says ids[t] is a training target (spec 4.4): each assistant answer
+processor). `loss_mask[t]` says ids[t] is a training target (docs/recipe.md#loss-mask): each assistant answer
 " " + a + EOS for conversations (the space after "Assistant:" belongs to the answer, as the model
 generates it after the "Assistant:" prompt), every text token and EOS for "text" messages; never
 BOS, the system prompt, "User: ..." turns, the "Assistant:" prefix or an image token. The packer
@@ -26,7 +26,7 @@ pre-tokenizers already split, so the ids equal those of tokenizing the whole str
 SentencePiece, GPT-2-style and DeepSeek-style byte-level BPE). A BOS/EOS/image string inside a
 message is a TemplateError (it would fake a turn end or an image).
 
-Differences from the HF chat template (spec 8.5): it writes no BOS (its tokenizer adds one), it
+Differences from the HF chat template: it writes no BOS (its tokenizer adds one), it
 cannot take another system prompt (a "system" message renders as "System: ..."), and it drops the
 separator after the final message, so a conversation ending with an answer has no final EOS there.
 We keep that EOS, as DeepSeek's conversation.py does: the model has to learn to stop.
@@ -49,10 +49,18 @@ DEFAULT_SYSTEM_PROMPT = (
     "You are a helpful language and vision assistant. You are able to understand the visual content that "
     "the user provides, and assist the user with a variety of tasks using natural language."
 )
+# Wherever a system prompt is configured (data.system_prompt, Engine.system_prompt, --system), this
+# value stands for DEFAULT_SYSTEM_PROMPT; "" means no system block; anything else is the text itself.
+SYSTEM_DEFAULT = "default"
 USER_PREFIX, ASSISTANT_PREFIX, USER_SEP, TEXT_JOIN = "User: ", "Assistant:", "\n\n", "\n"
 OVERFLOW = ("truncate", "error")
 
 _EOS = None  # marks the EOS segment; its text is the tokenizer's eos_text
+
+
+def system_prompt(setting: str | None) -> str:
+    """A configured system prompt -> its text (SYSTEM_DEFAULT and None -> DEFAULT_SYSTEM_PROMPT)."""
+    return DEFAULT_SYSTEM_PROMPT if setting is None or setting == SYSTEM_DEFAULT else setting
 
 
 class TemplateError(BadRecord):

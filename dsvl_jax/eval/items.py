@@ -24,6 +24,7 @@ Prompts (`EvalItem.prompt`): open questions are the question (optionally + a suf
 "Answer the question using a single word or phrase."); multiple choice follows MMBench:
 [hint \\n] question \\n "A. text" lines \\n MC_INSTRUCTION.
 """
+
 from __future__ import annotations
 
 import base64
@@ -46,6 +47,7 @@ _MAX_PATH = 1024  # longer image strings are base64, never paths
 class EvalItem:
     """One question. `answers`: accepted answers (open) or the one correct letter (multiple choice).
     `image`: a resolved path, encoded bytes, or None (text only). `where`: "file:line" for messages."""
+
     id: str
     question: str
     answers: tuple[str, ...]
@@ -107,6 +109,7 @@ class ItemError(ValueError):
 
 # --- helpers ---------------------------------------------------------------------------------------
 
+
 def _blank(v: Any) -> bool:
     return v is None or (isinstance(v, float) and v != v) or str(v).strip().lower() in _EMPTY
 
@@ -119,6 +122,7 @@ def _text(v: Any) -> str:
 
 def _check_image_header(data: bytes | str) -> None:
     from PIL import Image, UnidentifiedImageError
+
     try:
         with Image.open(io.BytesIO(data) if isinstance(data, bytes) else data) as im:
             im.size  # noqa: B018 - the header is parsed on open
@@ -130,7 +134,9 @@ def resolve_image(value: Any, root: Path) -> str | bytes | None:
     """A path (relative to root, or absolute) or base64 -> resolved path / bytes; blank -> None."""
     if isinstance(value, list):
         if len(value) > 1:
-            raise ItemError("multi_image", f"{len(value)} images; the harness takes one image per question")
+            raise ItemError(
+                "multi_image", f"{len(value)} images; the harness takes one image per question"
+            )
         value = value[0] if value else None
     s = _text(value)
     if not s:
@@ -140,21 +146,29 @@ def resolve_image(value: Any, root: Path) -> str | bytes | None:
         if p.is_file():
             _check_image_header(str(p))
             return str(p)
-        looks_like_path = "/" in s or "\\" in s or Path(s).suffix.lower() in (
-            ".png", ".jpg", ".jpeg", ".gif", ".bmp", ".webp", ".tif", ".tiff")
+        looks_like_path = (
+            "/" in s
+            or "\\" in s
+            or Path(s).suffix.lower()
+            in (".png", ".jpg", ".jpeg", ".gif", ".bmp", ".webp", ".tif", ".tiff")
+        )
         if looks_like_path:
             raise ItemError("image_missing", f"image file {p} not found")
     try:
         data = base64.b64decode(s, validate=True)
     except (binascii.Error, ValueError):
-        raise ItemError("image_missing", f"image {s[:60]!r} is neither an existing file (under {root}) "
-                                         "nor base64") from None
+        raise ItemError(
+            "image_missing",
+            f"image {s[:60]!r} is neither an existing file (under {root}) nor base64",
+        ) from None
     if not data:
         raise ItemError("not_an_image", "empty base64 image")
     try:
         _check_image_header(data)
     except ItemError as e:
-        raise ItemError(e.reason, f"image {s[:40]!r}: no such file, and as base64 not an image ({e.detail})") from None
+        raise ItemError(
+            e.reason, f"image {s[:40]!r}: no such file, and as base64 not an image ({e.detail})"
+        ) from None
     return data
 
 
@@ -183,7 +197,9 @@ def _options(raw: Any) -> list[tuple[str, str]]:
         if len(raw) > len(LETTERS):
             raise ItemError("bad_answer", f"{len(raw)} options, at most {len(LETTERS)}")
         return [(LETTERS[i], _text(v)) for i, v in enumerate(raw)]
-    raise ItemError("missing_field", f"options must be a dict of letters or a list, got {type(raw).__name__}")
+    raise ItemError(
+        "missing_field", f"options must be a dict of letters or a list, got {type(raw).__name__}"
+    )
 
 
 def _mc_answer(answer: str, options: list[tuple[str, str]]) -> str:
@@ -194,7 +210,9 @@ def _mc_answer(answer: str, options: list[tuple[str, str]]) -> str:
     m = [k for k, v in options if v.strip().lower() == a.lower()]
     if len(m) == 1:
         return m[0]
-    raise ItemError("bad_answer", f"answer {answer!r} is not one of the option letters {''.join(letters)}")
+    raise ItemError(
+        "bad_answer", f"answer {answer!r} is not one of the option letters {''.join(letters)}"
+    )
 
 
 def _item(rec: dict, root: Path, where: str, default_id: str) -> EvalItem:
@@ -209,15 +227,25 @@ def _item(rec: dict, root: Path, where: str, default_id: str) -> EvalItem:
         raise ItemError("missing_field", "no answer" + (" letter" if options else "(s)"))
     if options:
         if len(options) < 2:
-            raise ItemError("bad_answer", f"{len(options)} option(s); multiple choice needs at least 2")
+            raise ItemError(
+                "bad_answer", f"{len(options)} option(s); multiple choice needs at least 2"
+            )
         answers = [_mc_answer(answers[0], options)]
     image = resolve_image(rec.get("image", rec.get("image_path")), root)
-    return EvalItem(id=iid, question=question, answers=tuple(answers), options=tuple(options),
-                    category=_text(rec.get("category", rec.get("type"))), image=image, hint=_text(rec.get("hint")),
-                    where=where)
+    return EvalItem(
+        id=iid,
+        question=question,
+        answers=tuple(answers),
+        options=tuple(options),
+        category=_text(rec.get("category", rec.get("type"))),
+        image=image,
+        hint=_text(rec.get("hint")),
+        where=where,
+    )
 
 
 # --- readers -----------------------------------------------------------------------------------------
+
 
 def _json_records(path: Path):
     text = path.read_text(encoding="utf-8")
@@ -254,7 +282,8 @@ def _tsv_records(path: Path):
         if opts:
             rec["options"] = opts
         img = _text(r.get("image"))
-        if img.isdigit() and img in by_index and by_index[img] is not r:  # MMBench: same picture as row `img`
+        # MMBench: same picture as row `img`
+        if img.isdigit() and img in by_index and by_index[img] is not r:
             rec["image"] = by_index[img].get("image")
         yield f"{path}:{n}", rec, None
 
@@ -273,14 +302,20 @@ def load_items(path: str, images: str | None = None, limit: int | None = None) -
     elif suffix in (".jsonl", ".json"):
         fmt, records = "jsonl", _json_records(p)
     else:
-        raise ValueError(f"{path}: unknown eval data format {suffix!r} (expected .tsv, .jsonl or .json)")
+        raise ValueError(
+            f"{path}: unknown eval data format {suffix!r} (expected .tsv, .jsonl or .json)"
+        )
     items: list[EvalItem] = []
     skipped: list[Skipped] = []
     seen: set[str] = set()
     for n, (where, rec, err) in enumerate(records):
         if limit is not None and len(items) + len(skipped) >= limit:
             break
-        rid = _text(rec.get("id", rec.get("question_id", rec.get("index")))) if isinstance(rec, dict) else ""
+        rid = (
+            _text(rec.get("id", rec.get("question_id", rec.get("index"))))
+            if isinstance(rec, dict)
+            else ""
+        )
         try:
             if err is not None:
                 raise err

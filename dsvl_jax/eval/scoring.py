@@ -14,6 +14,7 @@
 Per item, `correct` is the headline: exact match for open questions, the letter for multiple
 choice; `accuracy` is its mean. `summarize` reports all metrics overall and per category.
 """
+
 from __future__ import annotations
 
 import re
@@ -48,7 +49,9 @@ def to_number(s: str) -> float | None:
     return float(t) if _NUMBER.match(t) else None
 
 
-def relaxed_match(prediction: str, answers: Iterable[str], tolerance: float = RELAXED_TOLERANCE) -> bool:
+def relaxed_match(
+    prediction: str, answers: Iterable[str], tolerance: float = RELAXED_TOLERANCE
+) -> bool:
     p = to_number(prediction)
     for a in answers:
         r = to_number(a)
@@ -81,24 +84,37 @@ def parse_choice(text: str, options: Sequence[tuple[str, str]]) -> str | None:
     m = re.match(r"^\(?([A-Z])\)?(?=$|[\s.:)\],])", s)
     if m and m.group(1) in letters and alone <= {m.group(1)}:
         return m.group(1)
-    m = re.search(r"\b(?:answer|option|choice)\s*(?:is|:)?\s*\(?([A-Z])\)?(?![A-Za-z])", s, re.IGNORECASE)
+    m = re.search(
+        r"\b(?:answer|option|choice)\s*(?:is|:)?\s*\(?([A-Z])\)?(?![A-Za-z])", s, re.IGNORECASE
+    )
     if m and m.group(1) in letters:
         return m.group(1)
     if len(alone) == 1:
         return alone.pop()
-    inside = [k for k, v in texts.items() if v and re.search(r"(?<!\w)" + re.escape(v) + r"(?!\w)", norm)]
+    inside = [
+        k for k, v in texts.items() if v and re.search(r"(?<!\w)" + re.escape(v) + r"(?!\w)", norm)
+    ]
     return inside[0] if len(inside) == 1 else None
 
 
 def score(item, prediction: str) -> dict:
     """One item's record for the report (item: eval.items.EvalItem)."""
-    rec = {"id": item.id, "category": item.category, "type": item.kind, "question": item.question,
-           "prediction": prediction, "answers": list(item.answers)}
+    rec = {
+        "id": item.id,
+        "category": item.category,
+        "type": item.kind,
+        "question": item.question,
+        "prediction": prediction,
+        "answers": list(item.answers),
+    }
     if item.options:
         choice = parse_choice(prediction, item.options)
         rec.update(options=dict(item.options), choice=choice, correct=choice == item.answers[0])
     else:
-        rec.update(exact=exact_match(prediction, item.answers), relaxed=relaxed_match(prediction, item.answers))
+        rec.update(
+            exact=exact_match(prediction, item.answers),
+            relaxed=relaxed_match(prediction, item.answers),
+        )
         rec["correct"] = rec["exact"]
     return rec
 
@@ -111,11 +127,16 @@ def metrics(records: Sequence[dict]) -> dict:
     """Headline and per-kind metrics of scored records; metrics of a kind with no items are None."""
     open_ = [r for r in records if r["type"] == "open"]
     mc = [r for r in records if r["type"] == "mc"]
-    return {"n": len(records), "accuracy": _mean([r["correct"] for r in records]),
-            "n_open": len(open_), "exact_match": _mean([r["exact"] for r in open_]),
-            "relaxed_accuracy": _mean([r["relaxed"] for r in open_]),
-            "n_mc": len(mc), "mc_accuracy": _mean([r["correct"] for r in mc]),
-            "mc_unparsed": sum(r["choice"] is None for r in mc)}
+    return {
+        "n": len(records),
+        "accuracy": _mean([r["correct"] for r in records]),
+        "n_open": len(open_),
+        "exact_match": _mean([r["exact"] for r in open_]),
+        "relaxed_accuracy": _mean([r["relaxed"] for r in open_]),
+        "n_mc": len(mc),
+        "mc_accuracy": _mean([r["correct"] for r in mc]),
+        "mc_unparsed": sum(r["choice"] is None for r in mc),
+    }
 
 
 def summarize(records: Sequence[dict]) -> dict:
@@ -123,18 +144,25 @@ def summarize(records: Sequence[dict]) -> dict:
     cats: dict[str, list[dict]] = {}
     for r in records:
         cats.setdefault(r["category"] or "-", []).append(r)
-    return {"overall": metrics(records), "per_category": {c: metrics(rs) for c, rs in sorted(cats.items())}}
+    return {
+        "overall": metrics(records),
+        "per_category": {c: metrics(rs) for c, rs in sorted(cats.items())},
+    }
 
 
 def format_table(summary: dict) -> str:
     """A plain-text table: one row per category, then the overall row."""
+
     def pct(x):
         return "-" if x is None else f"{100 * x:.1f}"
+
     rows = [(c, m) for c, m in summary["per_category"].items()] + [("OVERALL", summary["overall"])]
     width = max(8, *(len(c) for c, _ in rows))
     head = f"{'category':<{width}}  {'n':>5}  {'acc':>6}  {'exact':>6}  {'relaxed':>7}  {'mc_acc':>6}  {'unparsed':>8}"
     lines = [head, "-" * len(head)]
     for c, m in rows:
-        lines.append(f"{c:<{width}}  {m['n']:>5}  {pct(m['accuracy']):>6}  {pct(m['exact_match']):>6}  "
-                     f"{pct(m['relaxed_accuracy']):>7}  {pct(m['mc_accuracy']):>6}  {m['mc_unparsed']:>8}")
+        lines.append(
+            f"{c:<{width}}  {m['n']:>5}  {pct(m['accuracy']):>6}  {pct(m['exact_match']):>6}  "
+            f"{pct(m['relaxed_accuracy']):>7}  {pct(m['mc_accuracy']):>6}  {m['mc_unparsed']:>8}"
+        )
     return "\n".join(lines)

@@ -3,6 +3,7 @@
 With a tokenizer, the folder also gets the tokenizer, processor, chat-template and generation files
 (interop/hf_processor.py), so `AutoProcessor.from_pretrained(DIR)` serves the model without dsvl_jax.
 """
+
 from __future__ import annotations
 
 import json
@@ -10,16 +11,20 @@ import os
 
 import jax
 import numpy as np
+from safetensors.numpy import save_file
 
 from dsvl_jax.interop import hf_names
 from dsvl_jax.interop.hf_config import to_hf
+from dsvl_jax.interop.hf_processor import save_processor, token_ids
 from dsvl_jax.model.config import ModelConfig, dtype_name_to_numpy
 from dsvl_jax.model.params import Params, flatten, unstack_layers
 
 DEFAULT_SHARD_BYTES = 5 * 2**30
 
 
-def export_tensors(cfg: ModelConfig, params: Params, dtype: str = "float32") -> dict[str, np.ndarray]:
+def export_tensors(
+    cfg: ModelConfig, params: Params, dtype: str = "float32"
+) -> dict[str, np.ndarray]:
     flat = {k: np.asarray(jax.device_get(v)) for k, v in flatten(params).items()}
     if cfg.scan_layers:
         flat = unstack_layers(flat)
@@ -37,20 +42,24 @@ def export_tensors(cfg: ModelConfig, params: Params, dtype: str = "float32") -> 
     return out
 
 
-def save_hf(folder: str, cfg: ModelConfig, params: Params, dtype: str = "float32",
-            max_shard_bytes: int = DEFAULT_SHARD_BYTES, tokenizer: str | None = None) -> list[str]:
+def save_hf(
+    folder: str,
+    cfg: ModelConfig,
+    params: Params,
+    dtype: str = "float32",
+    max_shard_bytes: int = DEFAULT_SHARD_BYTES,
+    tokenizer: str | None = None,
+) -> list[str]:
     """Write config.json + safetensors (sharded with an index past max_shard_bytes). Returns file names.
 
     `tokenizer` (a SentencePiece .model, a tokenizer.json or its folder) adds the tokenizer/processor
     files (hf_processor.save_processor) and the special-token ids to config.json's text_config.
     """
-    from safetensors.numpy import save_file
     os.makedirs(folder, exist_ok=True)
     tensors = export_tensors(cfg, params, dtype)
     conf = to_hf(cfg, dtype)
     extra: list[str] = []
     if tokenizer is not None:
-        from dsvl_jax.interop.hf_processor import save_processor, token_ids
         tok, extra = save_processor(folder, cfg, tokenizer)
         conf["text_config"].update(token_ids(tok))
     with open(os.path.join(folder, "config.json"), "w") as f:
@@ -71,7 +80,7 @@ def save_hf(folder: str, cfg: ModelConfig, params: Params, dtype: str = "float32
     weight_map = {}
     for name, shard in zip(names, shards):
         save_file(shard, os.path.join(folder, name), metadata=meta)
-        weight_map.update({k: name for k in shard})
+        weight_map.update(dict.fromkeys(shard, name))
     total = sum(t.nbytes for t in tensors.values())
     with open(os.path.join(folder, "model.safetensors.index.json"), "w") as f:
         json.dump({"metadata": {"total_size": total}, "weight_map": weight_map}, f, indent=2)

@@ -2,8 +2,11 @@
 
 Needs neither torch nor transformers: safetensors is read as numpy. Every HF tensor is either mapped
 by the name table, or listed in hf_names.IGNORED (counted), or reported; every dsvl_jax parameter
-must be filled. Anything else is one error that lists the offending keys.
+must be filled. Anything else is one CheckpointMismatch naming the HF tensors and both shapes in HF
+layout. To load any model folder (run dirs, params checkpoints, HF folders) use
+`dsvl_jax.checkpoints.open_model`; this module is the HF half of it.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -13,7 +16,9 @@ import os
 from typing import Any
 
 import numpy as np
+from safetensors import safe_open
 
+from dsvl_jax.errors import CheckpointError, CheckpointMismatch
 from dsvl_jax.interop import hf_names
 from dsvl_jax.interop.hf_config import from_hf
 from dsvl_jax.model.config import ModelConfig, dtype_name_to_numpy
@@ -22,85 +27,93 @@ from dsvl_jax.model.params import Params, abstract_params, flatten, stack_layers
 log = logging.getLogger(__name__)
 
 
-class CheckpointMismatch(ValueError):
-    """Tensors and model config disagree: missing, unexpected or mis-shaped tensors."""
-
-
-def _list(keys: list[str], n: int = 12) -> str:
-    keys = sorted(keys)
-    more = f" … (+{len(keys) - n} more)" if len(keys) > n else ""
-    return ", ".join(keys[:n]) + more
-
-
 def read_safetensors(folder: str) -> dict[str, np.ndarray]:
     """All tensors of a save_pretrained folder (single file or sharded with an index)."""
-    from safetensors import safe_open
     index = os.path.join(folder, "model.safetensors.index.json")
     if os.path.exists(index):
-        files = sorted(set(json.load(open(index))["weight_map"].values()))
+        with open(index) as f:
+            files = sorted(set(json.load(f)["weight_map"].values()))
     elif os.path.exists(os.path.join(folder, "model.safetensors")):
         files = ["model.safetensors"]
     else:
-        raise FileNotFoundError(f"{folder}: no model.safetensors or model.safetensors.index.json")
+        raise CheckpointError(f"{folder}: no model.safetensors or model.safetensors.index.json")
     out: dict[str, np.ndarray] = {}
     for f in files:
         with safe_open(os.path.join(folder, f), framework="numpy") as st:
-            for k in st.keys():
+            for k in st.keys():  # noqa: SIM118 - safe_open is not a Mapping
                 out[k] = st.get_tensor(k)
     return out
 
 
 def unrolled_shapes(cfg: ModelConfig) -> dict[str, tuple[int, ...]]:
     """Shape of every parameter in the unrolled (`blocks_{i}`) layout, without allocating."""
-    return {k: tuple(v.shape) for k, v in flatten(abstract_params(dataclasses.replace(cfg, scan_layers=False))).items()}
+    unrolled = dataclasses.replace(cfg, scan_layers=False)
+    return {k: tuple(v.shape) for k, v in flatten(abstract_params(unrolled)).items()}
 
 
-def import_tensors(cfg: ModelConfig, tensors: dict[str, np.ndarray], source: str = "<tensors>") -> Params:
+def _hf_shape(transform: str, shape: tuple[int, ...]) -> tuple[int, ...]:
+    """The HF layout of a parameter shape (a zero-stride view: nothing is allocated)."""
+    return tuple(
+        hf_names.TRANSFORMS[transform].inverse(np.broadcast_to(np.float32(0), shape)).shape
+    )
+
+
+def import_tensors(
+    cfg: ModelConfig, tensors: dict[str, np.ndarray], source: str = "<tensors>"
+) -> Params:
+    """HF state dict -> params of `cfg` (scanned if cfg.scan_layers), or CheckpointMismatch."""
     expected = unrolled_shapes(cfg)
-    pdt = dtype_name_to_numpy(cfg.param_dtype)
-    out: dict[str, np.ndarray] = {}
-    unexpected, bad_shape, ignored = [], [], 0
+    mapped: dict[
+        str, tuple[str, str, np.ndarray]
+    ] = {}  # canonical HF key -> (path, transform, tensor)
+    unexpected, ignored = [], 0
     for key, w in tensors.items():
+        canonical = hf_names.canonical_hf_key(key)
         hit = hf_names.hf_to_ours(key, cfg.vision)
         if hit is None or hit[0] not in expected:
-            if hf_names.is_ignored(hf_names.canonical_hf_key(key)):
+            if hf_names.is_ignored(canonical):
                 ignored += 1
             else:
                 unexpected.append(key)
             continue
-        path, t = hit
-        shape = expected[path]
-        if int(np.prod(w.shape)) != int(np.prod(shape)):
-            bad_shape.append(f"{key} {tuple(w.shape)} -> {path} expects {shape}")
-            continue
-        x = hf_names.TRANSFORMS[t].forward(np.asarray(w), shape)
-        if x.shape != shape:
-            bad_shape.append(f"{key} {tuple(w.shape)} -> {path} expects {shape}")
-            continue
-        out[path] = x.astype(pdt)
-    missing = sorted(set(expected) - set(out))
-    problems = []
-    if missing:
-        wanted = [(hf_names.ours_to_hf(p, cfg.vision) or (p,))[0] for p in missing]
-        problems.append(f"missing {len(missing)} tensor(s): {_list(wanted)}")
-    if unexpected:
-        problems.append(f"unexpected {len(unexpected)} tensor(s): {_list(unexpected)}")
-    if bad_shape:
-        problems.append(f"{len(bad_shape)} shape mismatch(es): {_list(bad_shape, 6)}")
-    if problems:
-        raise CheckpointMismatch(f"{source}: checkpoint does not match the model config: " + "; ".join(problems))
+        mapped[canonical] = (*hit, w)
+    # Compared in HF names and layout: what the user sees in the safetensors files.
+    want = {}
+    for path, shape in expected.items():
+        key, t = hf_names.ours_to_hf(path, cfg.vision)
+        want[key] = _hf_shape(t, shape)
+    got = {k: tuple(w.shape) for k, (_, _, w) in mapped.items()}
+    CheckpointMismatch.compare(source, want, got, unexpected=unexpected).raise_if_any()
+    pdt = dtype_name_to_numpy(cfg.param_dtype)
+    out = {
+        p: hf_names.TRANSFORMS[t].forward(np.asarray(w), expected[p]).astype(pdt)
+        for p, t, w in mapped.values()
+    }
     if ignored:
-        log.info("%s: dropped %d tensors the model never reads (%s)", source, ignored, "SigLIP head/unused norms")
-    flat = stack_layers(out) if cfg.scan_layers else out
-    return unflatten(flat)
+        log.info(
+            "%s: dropped %d tensors the model never reads (SigLIP head, unused norms)",
+            source,
+            ignored,
+        )
+    return unflatten(stack_layers(out) if cfg.scan_layers else out)
+
+
+def read_config(folder: str) -> ModelConfig:
+    cfg_path = os.path.join(folder, "config.json")
+    if not os.path.exists(cfg_path):
+        raise CheckpointError(f"{folder}: no config.json (expected a save_pretrained folder)")
+    with open(cfg_path) as f:
+        return from_hf(json.load(f))
+
+
+def import_folder(folder: str, cfg: ModelConfig) -> Params:
+    """The tensors of an HF folder as params of `cfg` (its own config.json or a run's model config)."""
+    return import_tensors(cfg, read_safetensors(folder), source=folder)
 
 
 def load_hf(folder: str, **overrides: Any) -> tuple[ModelConfig, Params]:
-    """Read an HF folder. `overrides` replace top-level ModelConfig fields (dtype, scan_layers, …)."""
-    cfg_path = os.path.join(folder, "config.json")
-    if not os.path.exists(cfg_path):
-        raise FileNotFoundError(f"{folder}: no config.json (expected a save_pretrained folder)")
-    cfg = from_hf(json.load(open(cfg_path)))
+    """Read an HF folder. `overrides` replace top-level ModelConfig fields (dtype, scan_layers, ...)."""
+    cfg = read_config(folder)
     if overrides:
         cfg = dataclasses.replace(cfg, **overrides)
-    return cfg, import_tensors(cfg, read_safetensors(folder), source=folder)
+    return cfg, import_folder(folder, cfg)

@@ -4,6 +4,7 @@ mlp (1.3B):              low [B,N,Ws] -> Linear(Ws, D) -> GELU -> Linear(D, D)
 hybrid_split_mlp (7B):   concat[high_up(high) [B,N,D/2], low_up(low) [B,N,D/2]] -> GELU -> Linear(D, D)
 The concat order is [high, low], as in the original code and HF.
 """
+
 from __future__ import annotations
 
 import flax.linen as nn
@@ -24,7 +25,9 @@ class Adaptor(nn.Module):
             x = dense(d, ("vit_embed", "mlp"), dtype=dt, param_dtype=pdt, name="fc1")(low)
         else:
             if high is None:
-                raise ValueError("model.adaptor.kind='hybrid_split_mlp' needs high-res (SAM) features")
+                raise ValueError(
+                    "model.adaptor.kind='hybrid_split_mlp' needs high-res (SAM) features"
+                )
             h = dense(d // 2, ("vit_embed", "mlp"), dtype=dt, param_dtype=pdt, name="high_up")(high)
             l = dense(d // 2, ("vit_embed", "mlp"), dtype=dt, param_dtype=pdt, name="low_up")(low)
             x = jnp.concatenate([h, l], axis=-1)

@@ -10,10 +10,15 @@ Vision towers use `dot_product_attention` (dense, optional additive bias, no mas
 `causal_attention` with segment ids: token t may see slot s iff s <= offset + t and the segments
 match and are non-zero (0 = padding).
 """
+
 from __future__ import annotations
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
+from jax.sharding import PartitionSpec as P
+
+from dsvl_jax import compat
 
 IMPLS = ("xla", "cudnn", "splash")
 _NEG = float(jnp.finfo(jnp.float32).min)
@@ -46,7 +51,9 @@ def _xla(q, k, v, mask, bias, scale):
     qs = q * jnp.asarray(scale, q.dtype)
     kh, vh = k.transpose(0, 2, 1, 3), v.transpose(0, 2, 1, 3)  # [B, K, S, D]
     if g == 1:  # no group axis at all: XLA:CPU runs the plain batched matmuls faster
-        logits = jnp.einsum("bhtd,bhsd->bhts", qs.transpose(0, 2, 1, 3), kh, preferred_element_type=jnp.float32)
+        logits = jnp.einsum(
+            "bhtd,bhsd->bhts", qs.transpose(0, 2, 1, 3), kh, preferred_element_type=jnp.float32
+        )
         if bias is not None:
             logits = logits + bias.astype(jnp.float32)
         if mask is not None:
@@ -71,8 +78,16 @@ def _softmax_pv(logits: jax.Array, v: jax.Array, spec: str) -> jax.Array:
     return out / jnp.sum(e, axis=-1, keepdims=True)
 
 
-def dot_product_attention(q: jax.Array, k: jax.Array, v: jax.Array, *, bias: jax.Array | None = None,
-                          mask: jax.Array | None = None, scale: float | None = None, impl: str = "xla") -> jax.Array:
+def dot_product_attention(
+    q: jax.Array,
+    k: jax.Array,
+    v: jax.Array,
+    *,
+    bias: jax.Array | None = None,
+    mask: jax.Array | None = None,
+    scale: float | None = None,
+    impl: str = "xla",
+) -> jax.Array:
     """Dense attention (vision towers). bias/mask broadcastable to [B, H, T, S]."""
     _check(impl)
     scale = q.shape[-1] ** -0.5 if scale is None else scale
@@ -82,7 +97,9 @@ def dot_product_attention(q: jax.Array, k: jax.Array, v: jax.Array, *, bias: jax
     return _xla(q, k, v, mask, bias, scale)
 
 
-def segment_mask(q_segments: jax.Array, kv_segments: jax.Array, q_offset: jax.Array | int) -> jax.Array:
+def segment_mask(
+    q_segments: jax.Array, kv_segments: jax.Array, q_offset: jax.Array | int
+) -> jax.Array:
     """Causal + same-segment + non-padding mask [B, 1, T, S]."""
     t, s = q_segments.shape[1], kv_segments.shape[1]
     causal = jnp.arange(s)[None, :] <= (q_offset + jnp.arange(t))[:, None]
@@ -90,12 +107,25 @@ def segment_mask(q_segments: jax.Array, kv_segments: jax.Array, q_offset: jax.Ar
     return (causal[None] & same)[:, None]
 
 
-def causal_attention(q: jax.Array, k: jax.Array, v: jax.Array, *, q_segments: jax.Array, kv_segments: jax.Array,
-                     q_offset: jax.Array | int = 0, impl: str = "xla") -> jax.Array:
+def causal_attention(
+    q: jax.Array,
+    k: jax.Array,
+    v: jax.Array,
+    *,
+    q_segments: jax.Array,
+    kv_segments: jax.Array,
+    q_offset: jax.Array | int = 0,
+    impl: str = "xla",
+) -> jax.Array:
     """Causal attention with packing/padding segments [B, T] / [B, S] (0 = padding)."""
     _check(impl)
     scale = q.shape[-1] ** -0.5
-    if impl == "splash" and q.shape[1] == k.shape[1] and isinstance(q_offset, int) and q_offset == 0:
+    if (
+        impl == "splash"
+        and q.shape[1] == k.shape[1]
+        and isinstance(q_offset, int)
+        and q_offset == 0
+    ):
         return _splash(q, k, v, q_segments, kv_segments, scale)
     mask = segment_mask(q_segments, kv_segments, q_offset)
     if impl == "cudnn":
@@ -111,27 +141,37 @@ def jax_nn_attention(q, k, v, mask, bias, scale, implementation: str | None):
     """
     if mask is not None:
         mask = jnp.broadcast_to(mask, (q.shape[0], mask.shape[1], q.shape[1], k.shape[1]))
-    return jax.nn.dot_product_attention(q, k, v, bias=bias, mask=mask, scale=scale, implementation=implementation)
+    return jax.nn.dot_product_attention(
+        q, k, v, bias=bias, mask=mask, scale=scale, implementation=implementation
+    )
 
 
 def _splash_kernel(heads: int, t: int, interpret: bool):
     """Built per trace, not cached: a kernel made inside one trace carries its mask arrays into the next
     (scan and remat trace a block several times), which fails with a leaked tracer."""
-    from jax.experimental.pallas.ops.tpu.splash_attention import splash_attention_kernel as sk
-    from jax.experimental.pallas.ops.tpu.splash_attention import splash_attention_mask as sm
+    sk, sm = compat.splash_attention()
     blk = min(512, t)
-    sizes = sk.BlockSizes(block_q=blk, block_kv=blk, block_kv_compute=blk, block_q_dkv=blk, block_kv_dkv=blk,
-                          block_kv_dkv_compute=blk, block_q_dq=blk, block_kv_dq=blk)
+    sizes = sk.BlockSizes(
+        block_q=blk,
+        block_kv=blk,
+        block_kv_compute=blk,
+        block_q_dkv=blk,
+        block_kv_dkv=blk,
+        block_kv_dkv_compute=blk,
+        block_q_dq=blk,
+        block_kv_dq=blk,
+    )
     mask = sm.MultiHeadMask([sm.CausalMask((t, t)) for _ in range(heads)])
-    return sk.make_splash_mha(mask=mask, block_sizes=sizes, head_shards=1, q_seq_shards=1, interpret=interpret), sk
+    return sk.make_splash_mha(
+        mask=mask, block_sizes=sizes, head_shards=1, q_seq_shards=1, interpret=interpret
+    ), sk
 
 
 def _target_is_tpu() -> bool:
     """The platform being compiled for: the mesh's devices when there is one (an AOT compile for a TPU slice
     from a CPU host has TPU devices in its mesh while jax.default_backend() is cpu), else the default backend."""
-    from jax._src import mesh as mesh_lib  # get_concrete_mesh has no public alias in jax 0.10
-    mesh = mesh_lib.get_concrete_mesh()
-    if mesh is not None and not mesh.empty:
+    mesh = compat.concrete_mesh()
+    if mesh is not None:
         return mesh.devices.flat[0].platform == "tpu"
     return jax.default_backend() == "tpu"
 
@@ -143,7 +183,7 @@ def _splash(q, k, v, q_segments, kv_segments, scale):
     act_batch and heads mesh axes (each device sees its own rows and heads, full sequence). Lengths that are not
     a multiple of 128 (the init trace's short dummies, odd eval lengths) take the XLA path: same maths.
     """
-    b, t, h, d = q.shape
+    _, t, h, _ = q.shape
     if t % 128:
         return _xla(q, k, v, segment_mask(q_segments, kv_segments, 0), None, scale)
     g = h // k.shape[2]
@@ -162,10 +202,9 @@ def _splash(q, k, v, q_segments, kv_segments, scale):
     if mesh.empty or mesh.size == 1:
         out = local(qh, kh, vh, q_segments, kv_segments)
     else:
-        import flax.linen as nn
-        from jax.sharding import PartitionSpec as P
         bax, hax = nn.logical_to_mesh_axes(("act_batch", "heads"))
         spec, sspec = P(bax, hax, None, None), P(bax, None)
-        out = jax.shard_map(local, in_specs=(spec, spec, spec, sspec, sspec), out_specs=spec,
-                            check_vma=False)(qh, kh, vh, q_segments, kv_segments)
+        out = jax.shard_map(
+            local, in_specs=(spec, spec, spec, sspec, sspec), out_specs=spec, check_vma=False
+        )(qh, kh, vh, q_segments, kv_segments)
     return out.transpose(0, 2, 1, 3).astype(q.dtype)

@@ -4,12 +4,16 @@ Flax modules need hashable attributes, and validation belongs at load time, so t
 users edit (`model.siglip`, `model.sam`, `model.adaptor`, `model.llm`) is turned into frozen
 dataclasses here, once, with every check that names the field that is wrong.
 """
+
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 import ml_collections
+
+from dsvl_jax import errors
 
 VISION_KINDS = ("siglip", "hybrid")
 ADAPTOR_KINDS = ("mlp", "hybrid_split_mlp")
@@ -17,13 +21,14 @@ REMAT_POLICIES = ("none", "full", "dots", "dots_no_batch", "save_attn_out")
 DTYPES = ("float32", "bfloat16", "float16")
 
 
-class ConfigError(ValueError):
-    """A model config field has a value the model cannot be built with."""
+# A model config field has a value the model cannot be built with (one error type for all configs).
+ConfigError = errors.ConfigError
 
 
 @dataclasses.dataclass(frozen=True)
 class SiglipConfig:
     """SigLIP ViT (low-res, semantic tower). Output: final-LayerNorm features [B, N, width]."""
+
     image_size: int = 384
     patch_size: int = 16
     width: int = 1024
@@ -45,6 +50,7 @@ class SiglipConfig:
 @dataclasses.dataclass(frozen=True)
 class SamConfig:
     """SAM-B ViTDet image encoder (high-res, detail tower) with DeepSeek's neck_hd + downsamples."""
+
     image_size: int = 1024
     patch_size: int = 16
     width: int = 768
@@ -69,12 +75,14 @@ class SamConfig:
 @dataclasses.dataclass(frozen=True)
 class AdaptorConfig:
     """`mlp`: Linear-GELU-Linear (1.3B). `hybrid_split_mlp`: [high_up ‖ low_up]-GELU-Linear (7B)."""
+
     kind: str = "mlp"
 
 
 @dataclasses.dataclass(frozen=True)
 class LlmConfig:
     """LLaMA-style DeepSeek LLM decoder."""
+
     vocab_size: int = 102400
     hidden: int = 2048
     layers: int = 24
@@ -91,17 +99,18 @@ class LlmConfig:
 @dataclasses.dataclass(frozen=True)
 class ModelConfig:
     """The whole VLM. `vision` picks the towers; the adaptor kind must agree with it."""
+
     vision: str = "siglip"
     siglip: SiglipConfig = SiglipConfig()
     sam: SamConfig = SamConfig()
     adaptor: AdaptorConfig = AdaptorConfig()
     llm: LlmConfig = LlmConfig()
     image_token_id: int = 100015
-    dtype: str = "float32"        # compute dtype
+    dtype: str = "float32"  # compute dtype
     param_dtype: str = "float32"  # master weights
-    scan_layers: bool = True      # stack SigLIP and LLM blocks on a leading `layers` axis
-    remat_policy: str = "none"    # per-block rematerialisation for training
-    attention: str = "xla"        # attention kernel (see model/attention.py)
+    scan_layers: bool = True  # stack SigLIP and LLM blocks on a leading `layers` axis
+    remat_policy: str = "none"  # per-block rematerialisation for training
+    attention: str = "xla"  # attention kernel (see model/attention.py)
 
     @property
     def hybrid(self) -> bool:
@@ -142,7 +151,9 @@ def model_config_from_dict(d: Mapping[str, Any] | ml_collections.ConfigDict) -> 
     if isinstance(d, ml_collections.ConfigDict):
         d = d.to_dict()
     d = dict(d)
-    sections = {k: _build(cls, dict(d.pop(k, {}) or {}), f"model.{k}") for k, cls in _SECTIONS.items()}
+    sections = {
+        k: _build(cls, dict(d.pop(k, {}) or {}), f"model.{k}") for k, cls in _SECTIONS.items()
+    }
     cfg = _build(ModelConfig, {**d, **sections}, "model")
     validate(cfg)
     return cfg
@@ -156,37 +167,77 @@ def _check(cond: bool, field: str, msg: str) -> None:
 def validate(cfg: ModelConfig) -> None:
     """Every structural constraint, each failure naming its field."""
     _check(cfg.vision in VISION_KINDS, "model.vision", f"{cfg.vision!r} not in {VISION_KINDS}")
-    _check(cfg.adaptor.kind in ADAPTOR_KINDS, "model.adaptor.kind", f"{cfg.adaptor.kind!r} not in {ADAPTOR_KINDS}")
+    _check(
+        cfg.adaptor.kind in ADAPTOR_KINDS,
+        "model.adaptor.kind",
+        f"{cfg.adaptor.kind!r} not in {ADAPTOR_KINDS}",
+    )
     want = "hybrid_split_mlp" if cfg.hybrid else "mlp"
-    _check(cfg.adaptor.kind == want, "model.adaptor.kind",
-           f"vision={cfg.vision!r} needs adaptor kind {want!r}, got {cfg.adaptor.kind!r}")
+    _check(
+        cfg.adaptor.kind == want,
+        "model.adaptor.kind",
+        f"vision={cfg.vision!r} needs adaptor kind {want!r}, got {cfg.adaptor.kind!r}",
+    )
     _check(cfg.dtype in DTYPES, "model.dtype", f"{cfg.dtype!r} not in {DTYPES}")
     _check(cfg.param_dtype in DTYPES, "model.param_dtype", f"{cfg.param_dtype!r} not in {DTYPES}")
-    _check(cfg.remat_policy in REMAT_POLICIES, "model.remat_policy", f"{cfg.remat_policy!r} not in {REMAT_POLICIES}")
+    _check(
+        cfg.remat_policy in REMAT_POLICIES,
+        "model.remat_policy",
+        f"{cfg.remat_policy!r} not in {REMAT_POLICIES}",
+    )
     s = cfg.siglip
-    _check(s.image_size % s.patch_size == 0, "model.siglip.image_size",
-           f"{s.image_size} is not a multiple of patch_size {s.patch_size}")
-    _check(s.width % s.heads == 0, "model.siglip.width", f"{s.width} not divisible by heads {s.heads}")
-    _check(s.act in ("gelu", "gelu_tanh"), "model.siglip.act", f"{s.act!r} not in ('gelu', 'gelu_tanh')")
+    _check(
+        s.image_size % s.patch_size == 0,
+        "model.siglip.image_size",
+        f"{s.image_size} is not a multiple of patch_size {s.patch_size}",
+    )
+    _check(
+        s.width % s.heads == 0, "model.siglip.width", f"{s.width} not divisible by heads {s.heads}"
+    )
+    _check(
+        s.act in ("gelu", "gelu_tanh"),
+        "model.siglip.act",
+        f"{s.act!r} not in ('gelu', 'gelu_tanh')",
+    )
     l = cfg.llm
-    _check(l.heads % l.kv_heads == 0, "model.llm.heads", f"{l.heads} not divisible by kv_heads {l.kv_heads}")
+    _check(
+        l.heads % l.kv_heads == 0,
+        "model.llm.heads",
+        f"{l.heads} not divisible by kv_heads {l.kv_heads}",
+    )
     _check(l.head_dim % 2 == 0, "model.llm.head_dim", f"{l.head_dim} must be even for RoPE")
-    _check(0 <= cfg.image_token_id < l.vocab_size, "model.image_token_id",
-           f"{cfg.image_token_id} outside the vocabulary [0, {l.vocab_size})")
+    _check(
+        0 <= cfg.image_token_id < l.vocab_size,
+        "model.image_token_id",
+        f"{cfg.image_token_id} outside the vocabulary [0, {l.vocab_size})",
+    )
     if cfg.hybrid:
         m = cfg.sam
-        _check(m.image_size % m.patch_size == 0, "model.sam.image_size",
-               f"{m.image_size} is not a multiple of patch_size {m.patch_size}")
-        _check(m.width % m.heads == 0, "model.sam.width", f"{m.width} not divisible by heads {m.heads}")
-        _check(len(m.global_attn_indexes) > 0 and all(0 <= i < m.depth for i in m.global_attn_indexes),
-               "model.sam.global_attn_indexes", f"{m.global_attn_indexes} must be non-empty and < depth {m.depth}")
-        _check(l.hidden % 2 == 0, "model.llm.hidden", f"{l.hidden} must be even for the hybrid split adaptor")
+        _check(
+            m.image_size % m.patch_size == 0,
+            "model.sam.image_size",
+            f"{m.image_size} is not a multiple of patch_size {m.patch_size}",
+        )
+        _check(
+            m.width % m.heads == 0, "model.sam.width", f"{m.width} not divisible by heads {m.heads}"
+        )
+        _check(
+            len(m.global_attn_indexes) > 0 and all(0 <= i < m.depth for i in m.global_attn_indexes),
+            "model.sam.global_attn_indexes",
+            f"{m.global_attn_indexes} must be non-empty and < depth {m.depth}",
+        )
+        _check(
+            l.hidden % 2 == 0,
+            "model.llm.hidden",
+            f"{l.hidden} must be even for the hybrid split adaptor",
+        )
 
 
 def dtype_name_to_numpy(name: str):
     """'bfloat16' etc. -> a numpy dtype (bfloat16 via ml_dtypes, which jax ships)."""
     import ml_dtypes
     import numpy as np
+
     if name not in DTYPES:
         raise ConfigError(f"dtype {name!r} not in {DTYPES}")
     return np.dtype(ml_dtypes.bfloat16) if name == "bfloat16" else np.dtype(name)

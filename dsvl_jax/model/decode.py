@@ -14,6 +14,7 @@ Two layers:
 Sampling draws row r's step-i token with key fold_in(fold_in(rng, r), i): a row's tokens depend on the
 seed, its row index and its own logits only, never on the batch padding or the bucket.
 """
+
 from __future__ import annotations
 
 import functools
@@ -25,13 +26,14 @@ import jax.numpy as jnp
 import numpy as np
 
 from dsvl_jax.model.config import ModelConfig
-from dsvl_jax.model.layers import dtype_of
-from dsvl_jax.model.llm import KVCache, init_cache
+from dsvl_jax.model.llm import KVCache, head_logits, init_cache
 from dsvl_jax.model.vlm import DeepseekVL
 
-STOP_SLOTS = 8  # stop ids are padded to this many (-1 never matches), so their number never recompiles
+# stop ids are padded to this many (-1 never matches), so their number never recompiles
+STOP_SLOTS = 8
 DEFAULT_LENGTH_BUCKET = 64
-_TRACES = [0]  # times `decode` was traced (= compiled, per shape/static signature); see trace_count()
+# times `decode` was traced (= compiled, per shape/static signature); see trace_count()
+_TRACES = [0]
 
 
 def trace_count() -> int:
@@ -44,27 +46,12 @@ def positions_from_mask(mask: jax.Array) -> jax.Array:
     return jnp.maximum(jnp.cumsum(mask.astype(jnp.int32), axis=-1) - 1, 0)
 
 
-def _head(cfg: ModelConfig, params, x: jax.Array) -> jax.Array:
-    """The LLM output head on hidden states [B, T, D] -> f32 logits [B, T, V] (same math as llm.Decoder).
-
-    Prefill runs the model with output="hidden" and applies the head to the last position only, so the
-    [B, T, V] prompt logits are never materialised.
-    """
-    dt = dtype_of(cfg.dtype)
-    llm = params["llm"]
-    if cfg.llm.tie_embeddings:
-        logits = jnp.einsum("btd,vd->btv", x.astype(dt), llm["embed"]["embedding"].astype(dt))
-    else:
-        logits = jax.lax.dot_general(x.astype(dt), llm["lm_head"]["kernel"].astype(dt), (((2,), (0,)), ((), ())),
-                                     preferred_element_type=jnp.float32).astype(dt)
-    logits = nn.with_logical_constraint(logits, ("act_batch", "act_len", "act_vocab"))
-    return logits.astype(jnp.float32)
-
-
 def _constrain_cache(cache: KVCache) -> KVCache:
     """Batch over the data axes, KV heads over `tensor` (a no-op outside nn.logical_axis_rules)."""
     names = ("layers", "act_batch", "act_len", "kv_heads", "head_dim")
-    return KVCache(nn.with_logical_constraint(cache.k, names), nn.with_logical_constraint(cache.v, names))
+    return KVCache(
+        nn.with_logical_constraint(cache.k, names), nn.with_logical_constraint(cache.v, names)
+    )
 
 
 def nucleus_filter(logits: jax.Array, temperature: jax.Array, top_p: jax.Array) -> jax.Array:
@@ -88,6 +75,7 @@ def _pick(logits: jax.Array, keys: jax.Array, step, temperature, top_p) -> jax.A
     The choice is made at run time (lax.cond runs one branch), so greedy and sampled requests share one
     compiled program.
     """
+
     def greedy(x):
         return jnp.argmax(x, axis=-1).astype(jnp.int32)
 
@@ -95,14 +83,28 @@ def _pick(logits: jax.Array, keys: jax.Array, step, temperature, top_p) -> jax.A
         x = nucleus_filter(x, jnp.maximum(temperature, 1e-30), top_p)
         step_keys = jax.vmap(jax.random.fold_in, (0, None))(keys, step)
         return jax.vmap(jax.random.categorical)(step_keys, x).astype(jnp.int32)
+
     return jax.lax.cond(temperature > 0, sample, greedy, logits)
 
 
 @functools.partial(jax.jit, static_argnames=("cfg", "max_new_tokens"))
-def decode(cfg: ModelConfig, params, ids: jax.Array, mask: jax.Array, pixels=None, high_pixels=None,
-           stop_ids: jax.Array | None = None, pad_id: jax.Array | int = 0, temperature: jax.Array | float = 0.0,
-           top_p: jax.Array | float = 1.0, rng: jax.Array | None = None, live: jax.Array | None = None,
-           vocab_limit: jax.Array | int | None = None, *, max_new_tokens: int) -> jax.Array:
+def decode(
+    cfg: ModelConfig,
+    params,
+    ids: jax.Array,
+    mask: jax.Array,
+    pixels=None,
+    high_pixels=None,
+    stop_ids: jax.Array | None = None,
+    pad_id: jax.Array | int = 0,
+    temperature: jax.Array | float = 0.0,
+    top_p: jax.Array | float = 1.0,
+    rng: jax.Array | None = None,
+    live: jax.Array | None = None,
+    vocab_limit: jax.Array | int | None = None,
+    *,
+    max_new_tokens: int,
+) -> jax.Array:
     """Left-padded ids/mask [B, T] (+ pixels) -> new token ids [B, max_new_tokens].
 
     temperature 0: greedy, > 0: nucleus sampling with rng (a key). stop_ids [K] int (-1 entries never
@@ -112,7 +114,11 @@ def decode(cfg: ModelConfig, params, ids: jax.Array, mask: jax.Array, pixels=Non
     _TRACES[0] += 1
     model = DeepseekVL(cfg)
     b, t = ids.shape
-    stop_ids = jnp.full((1,), -1, jnp.int32) if stop_ids is None else jnp.asarray(stop_ids, jnp.int32).reshape(-1)
+    stop_ids = (
+        jnp.full((1,), -1, jnp.int32)
+        if stop_ids is None
+        else jnp.asarray(stop_ids, jnp.int32).reshape(-1)
+    )
     live = jnp.ones((b,), bool) if live is None else jnp.asarray(live, bool)
     pad_id = jnp.asarray(pad_id, jnp.int32)
     temperature = jnp.asarray(temperature, jnp.float32)
@@ -128,13 +134,23 @@ def decode(cfg: ModelConfig, params, ids: jax.Array, mask: jax.Array, pixels=Non
     segments = jnp.concatenate([mask, jnp.ones((b, max_new_tokens), jnp.int32)], axis=1)
     pos = positions_from_mask(mask)
     cache = _constrain_cache(init_cache(cfg, b, t + max_new_tokens))
-    hidden, cache = model.apply({"params": params}, ids, pos, segments, pixels=pixels, high_pixels=high_pixels,
-                                cache=cache, cache_index=0, output="hidden")
+    hidden, cache = model.apply(
+        {"params": params},
+        ids,
+        pos,
+        segments,
+        pixels=pixels,
+        high_pixels=high_pixels,
+        cache=cache,
+        cache_index=0,
+        output="hidden",
+    )
+
     def pick(logits, step):
         logits = jnp.where(jnp.arange(logits.shape[-1]) < vocab_limit, logits, -jnp.inf)
         return _pick(logits, keys, step, temperature, top_p)
 
-    first = pick(_head(cfg, params, hidden[:, -1:])[:, 0], 0)
+    first = pick(head_logits(params, cfg, hidden[:, -1:])[:, 0], 0)
     first = jnp.where(live, first, pad_id)
     out = jnp.full((b, max_new_tokens), pad_id, jnp.int32).at[:, 0].set(first)
     done = ~live | is_stop(first)
@@ -145,8 +161,14 @@ def decode(cfg: ModelConfig, params, ids: jax.Array, mask: jax.Array, pixels=Non
 
     def body(c):
         i, tok, p, cache, done, out = c
-        lg, cache = model.apply({"params": params}, tok[:, None], p[:, None], segments, cache=cache,
-                                cache_index=t + i - 1)
+        lg, cache = model.apply(
+            {"params": params},
+            tok[:, None],
+            p[:, None],
+            segments,
+            cache=cache,
+            cache_index=t + i - 1,
+        )
         nxt = jnp.where(done, pad_id, pick(lg[:, 0], i))
         out = jax.lax.dynamic_update_slice_in_dim(out, nxt[:, None], i, axis=1)
         return i + 1, nxt, p + 1, _constrain_cache(cache), done | is_stop(nxt), out
@@ -155,16 +177,39 @@ def decode(cfg: ModelConfig, params, ids: jax.Array, mask: jax.Array, pixels=Non
     return jax.lax.while_loop(cond, body, init)[-1]
 
 
-def greedy_generate(cfg: ModelConfig, params, ids: jax.Array, mask: jax.Array, pixels=None, high_pixels=None, *,
-                    max_new_tokens: int, eos_id: jax.Array | int = -1, pad_id: jax.Array | int = 0) -> jax.Array:
+def greedy_generate(
+    cfg: ModelConfig,
+    params,
+    ids: jax.Array,
+    mask: jax.Array,
+    pixels=None,
+    high_pixels=None,
+    *,
+    max_new_tokens: int,
+    eos_id: jax.Array | int = -1,
+    pad_id: jax.Array | int = 0,
+) -> jax.Array:
     """-> new token ids [B, max_new_tokens]; after EOS a row emits pad_id. eos_id < 0 disables EOS.
 
     Runs at the caller's shapes (no bucketing); see `generate` for the general entry point.
     """
     stop = jnp.full((STOP_SLOTS,), -1, jnp.int32).at[0].set(jnp.asarray(eos_id, jnp.int32))
-    return decode(cfg, params, ids, mask, pixels, high_pixels, stop, jnp.asarray(pad_id, jnp.int32),
-                  jnp.float32(0), jnp.float32(1), jax.random.key(0), jnp.ones(ids.shape[:1], bool),
-                  jnp.int32(cfg.llm.vocab_size), max_new_tokens=max_new_tokens)
+    return decode(
+        cfg,
+        params,
+        ids,
+        mask,
+        pixels,
+        high_pixels,
+        stop,
+        jnp.asarray(pad_id, jnp.int32),
+        jnp.float32(0),
+        jnp.float32(1),
+        jax.random.key(0),
+        jnp.ones(ids.shape[:1], bool),
+        jnp.int32(cfg.llm.vocab_size),
+        max_new_tokens=max_new_tokens,
+    )
 
 
 def bucket_length(n: int, multiple: int = DEFAULT_LENGTH_BUCKET) -> int:
@@ -175,14 +220,22 @@ def bucket_length(n: int, multiple: int = DEFAULT_LENGTH_BUCKET) -> int:
 
 
 def _stop_array(stop_ids: int | Sequence[int] | None) -> np.ndarray:
-    ids = [] if stop_ids is None else [stop_ids] if isinstance(stop_ids, (int, np.integer)) else list(stop_ids)
+    ids = (
+        []
+        if stop_ids is None
+        else [stop_ids]
+        if isinstance(stop_ids, (int, np.integer))
+        else list(stop_ids)
+    )
     ids = [int(i) for i in ids if int(i) >= 0]
     if len(ids) > STOP_SLOTS:
         raise ValueError(f"stop_ids: at most {STOP_SLOTS} ids, got {len(ids)}")
     return np.asarray(ids + [-1] * (STOP_SLOTS - len(ids)), np.int32)
 
 
-def pad_to_bucket(ids, mask, pixels=None, high_pixels=None, *, length: int, batch: int, pad_id: int = 0):
+def pad_to_bucket(
+    ids, mask, pixels=None, high_pixels=None, *, length: int, batch: int, pad_id: int = 0
+):
     """Left-pad [B, T] ids/mask to `length` and add filler rows up to `batch` -> (ids, mask, pixels, high, live).
 
     Filler rows hold one real token (pad_id) so attention stays well defined; `live` marks the real rows.
@@ -195,22 +248,38 @@ def pad_to_bucket(ids, mask, pixels=None, high_pixels=None, *, length: int, batc
         raise ValueError(f"prompt batch [{b}, {t}] does not fit the bucket [{batch}, {length}]")
     out_ids = np.full((batch, length), pad_id, np.int32)
     out_mask = np.zeros((batch, length), np.int32)
-    out_ids[:b, length - t:], out_mask[:b, length - t:] = ids, mask
+    out_ids[:b, length - t :], out_mask[:b, length - t :] = ids, mask
     out_mask[b:, -1] = 1
     live = np.arange(batch) < b
 
     def rows(x):
         if x is None or x.ndim != 5 or batch == b:
             return x
-        xp = np if isinstance(x, np.ndarray) else jnp  # numpy in, numpy out: no device op to compile
+        # numpy in, numpy out: no device op to compile
+        xp = np if isinstance(x, np.ndarray) else jnp
         return xp.concatenate([x, xp.zeros((batch - b, *x.shape[1:]), x.dtype)], axis=0)
+
     return out_ids, out_mask, rows(pixels), rows(high_pixels), live
 
 
-def generate(cfg: ModelConfig, params, ids, mask, pixels=None, high_pixels=None, *, max_new_tokens: int,
-             stop_ids: int | Sequence[int] | None = None, pad_id: int = 0, temperature: float = 0.0,
-             top_p: float = 1.0, rng: jax.Array | int | None = None, length_bucket: int = DEFAULT_LENGTH_BUCKET,
-             batch_size: int | None = None, vocab_limit: int | None = None) -> np.ndarray:
+def generate(
+    cfg: ModelConfig,
+    params,
+    ids,
+    mask,
+    pixels=None,
+    high_pixels=None,
+    *,
+    max_new_tokens: int,
+    stop_ids: int | Sequence[int] | None = None,
+    pad_id: int = 0,
+    temperature: float = 0.0,
+    top_p: float = 1.0,
+    rng: jax.Array | int | None = None,
+    length_bucket: int = DEFAULT_LENGTH_BUCKET,
+    batch_size: int | None = None,
+    vocab_limit: int | None = None,
+) -> np.ndarray:
     """Left-padded prompts ids/mask [B, T] -> new token ids [B, max_new_tokens] (numpy int32).
 
     Greedy when temperature == 0, else temperature + nucleus (top_p) sampling with `rng` (a key or an
@@ -222,7 +291,9 @@ def generate(cfg: ModelConfig, params, ids, mask, pixels=None, high_pixels=None,
     """
     ids, mask = np.asarray(ids), np.asarray(mask)
     if ids.ndim != 2 or mask.shape != ids.shape:
-        raise ValueError(f"ids/mask: expected two [B, T] arrays of one shape, got {ids.shape} and {mask.shape}")
+        raise ValueError(
+            f"ids/mask: expected two [B, T] arrays of one shape, got {ids.shape} and {mask.shape}"
+        )
     if max_new_tokens < 1:
         raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
     if not temperature >= 0.0:
@@ -231,17 +302,36 @@ def generate(cfg: ModelConfig, params, ids, mask, pixels=None, high_pixels=None,
         raise ValueError(f"top_p must lie in (0, 1], got {top_p}")
     if (np.diff(mask, axis=1) < 0).any() or not mask[:, -1].all():
         bad = np.nonzero((np.diff(mask, axis=1) < 0).any(axis=1) | (mask[:, -1] == 0))[0].tolist()
-        raise ValueError(f"mask rows {bad} are not left-padded prompts (each must end with a real token)")
+        raise ValueError(
+            f"mask rows {bad} are not left-padded prompts (each must end with a real token)"
+        )
     b, t = ids.shape
     batch = b if batch_size is None else batch_size
     if batch < b:
         raise ValueError(f"batch_size={batch_size} is smaller than the {b} prompts given")
     length = bucket_length(t, length_bucket)
-    pids, pmask, px, hp, live = pad_to_bucket(ids, mask, pixels, high_pixels, length=length, batch=batch,
-                                              pad_id=pad_id)
-    key = jax.random.key(0 if rng is None else int(rng)) if rng is None or isinstance(rng, (int, np.integer)) else rng
-    out = decode(cfg, params, jnp.asarray(pids), jnp.asarray(pmask), px, hp, jnp.asarray(_stop_array(stop_ids)),
-                 jnp.asarray(pad_id, jnp.int32), jnp.float32(temperature), jnp.float32(top_p), key,
-                 jnp.asarray(live), jnp.int32(cfg.llm.vocab_size if vocab_limit is None else vocab_limit),
-                 max_new_tokens=max_new_tokens)
+    pids, pmask, px, hp, live = pad_to_bucket(
+        ids, mask, pixels, high_pixels, length=length, batch=batch, pad_id=pad_id
+    )
+    key = (
+        jax.random.key(0 if rng is None else int(rng))
+        if rng is None or isinstance(rng, (int, np.integer))
+        else rng
+    )
+    out = decode(
+        cfg,
+        params,
+        jnp.asarray(pids),
+        jnp.asarray(pmask),
+        px,
+        hp,
+        jnp.asarray(_stop_array(stop_ids)),
+        jnp.asarray(pad_id, jnp.int32),
+        jnp.float32(temperature),
+        jnp.float32(top_p),
+        key,
+        jnp.asarray(live),
+        jnp.int32(cfg.llm.vocab_size if vocab_limit is None else vocab_limit),
+        max_new_tokens=max_new_tokens,
+    )
     return np.asarray(out)[:b]

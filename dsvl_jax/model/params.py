@@ -1,4 +1,5 @@
 """Parameter creation and inspection: abstract-first init, logical specs, counts, layer stacking."""
+
 from __future__ import annotations
 
 import re
@@ -19,8 +20,12 @@ def dummy_inputs(cfg: ModelConfig) -> dict[str, jax.Array]:
     """Smallest batch that touches every parameter: one image and its image tokens."""
     n = cfg.num_image_tokens
     s = cfg.siglip.image_size
-    ins = dict(ids=jnp.full((1, n), cfg.image_token_id, jnp.int32), positions=jnp.arange(n)[None],
-               segments=jnp.ones((1, n), jnp.int32), pixels=jnp.zeros((1, s, s, 3), jnp.float32))
+    ins = dict(
+        ids=jnp.full((1, n), cfg.image_token_id, jnp.int32),
+        positions=jnp.arange(n)[None],
+        segments=jnp.ones((1, n), jnp.int32),
+        pixels=jnp.zeros((1, s, s, 3), jnp.float32),
+    )
     if cfg.hybrid:
         ins["high_pixels"] = jnp.zeros((1, cfg.sam.image_size, cfg.sam.image_size, 3), jnp.float32)
     return ins
@@ -29,7 +34,9 @@ def dummy_inputs(cfg: ModelConfig) -> dict[str, jax.Array]:
 def init_boxed(cfg: ModelConfig, rng: jax.Array) -> Params:
     """Parameters as flax LogicallyPartitioned boxes (values + logical axis names); trace it, don't keep it."""
     ins = dummy_inputs(cfg)
-    return DeepseekVL(cfg).init(rng, ins.pop("ids"), ins.pop("positions"), ins.pop("segments"), **ins)["params"]
+    return DeepseekVL(cfg).init(
+        rng, ins.pop("ids"), ins.pop("positions"), ins.pop("segments"), **ins
+    )["params"]
 
 
 def abstract_params(cfg: ModelConfig) -> Params:
@@ -58,6 +65,7 @@ def flatten(tree: Params, sep: str = "/") -> dict[str, Any]:
                 rec(f"{prefix}{sep}{k}" if prefix else k, v)
         else:
             out[prefix] = node
+
     rec("", dict(tree))
     return out
 

@@ -6,6 +6,7 @@ Input: pixels [B, 1024, 1024, 3], CLIP-normalised. Output: [B, 576, 1024] in row
 Blocks are unrolled (not scanned): windowed and global blocks carry rel-pos tables of different shapes
 (2*14-1 vs 2*64-1 rows), so they cannot share one stacked parameter; each block is still remat-able.
 """
+
 from __future__ import annotations
 
 import flax.linen as nn
@@ -29,12 +30,18 @@ def window_partition(x: jax.Array, ws: int) -> tuple[jax.Array, tuple[int, int]]
     return x.reshape(-1, ws, ws, c), (hp, wp)
 
 
-def window_unpartition(x: jax.Array, ws: int, padded: tuple[int, int], hw: tuple[int, int]) -> jax.Array:
+def window_unpartition(
+    x: jax.Array, ws: int, padded: tuple[int, int], hw: tuple[int, int]
+) -> jax.Array:
     """Inverse of window_partition, cropping the padding."""
     hp, wp = padded
     c = x.shape[-1]
     b = x.shape[0] // ((hp // ws) * (wp // ws))
-    x = x.reshape(b, hp // ws, wp // ws, ws, ws, c).transpose(0, 1, 3, 2, 4, 5).reshape(b, hp, wp, c)
+    x = (
+        x.reshape(b, hp // ws, wp // ws, ws, ws, c)
+        .transpose(0, 1, 3, 2, 4, 5)
+        .reshape(b, hp, wp, c)
+    )
     return x[:, : hw[0], : hw[1]]
 
 
@@ -44,7 +51,7 @@ def rel_pos_bias(q: jax.Array, table_h: jax.Array, table_w: jax.Array) -> jax.Ar
     Table rows are indexed by q_idx - k_idx + (size - 1); tables are built at native size, so no
     interpolation is needed.
     """
-    b, h, w, nh, d = q.shape
+    b, h, w, nh, _ = q.shape
     rh = table_h[jnp.arange(h)[:, None] - jnp.arange(h)[None, :] + (h - 1)]  # [h, kh, D]
     rw = table_w[jnp.arange(w)[:, None] - jnp.arange(w)[None, :] + (w - 1)]  # [w, kw, D]
     bh = jnp.einsum("byxnd,ykd->bnyxk", q, rh.astype(q.dtype))
@@ -55,6 +62,7 @@ def rel_pos_bias(q: jax.Array, table_h: jax.Array, table_w: jax.Array) -> jax.Ar
 
 class SamBlock(nn.Module):
     """ViTDet block; `window` = 0 means global attention over the whole grid."""
+
     cfg: ModelConfig
     window: int
 
@@ -69,36 +77,59 @@ class SamBlock(nn.Module):
             y, padded = window_partition(y, self.window)
         size = self.window or c.grid
         bb, h, w, _ = y.shape
-        qkv = dense((3, c.heads, hd), ("vit_embed", "qkv", "vit_heads", "head_dim"), dtype=dt, param_dtype=pdt,
-                    name="qkv")(y)  # [B', h, w, 3, H, D]
+        qkv = dense(
+            (3, c.heads, hd),
+            ("vit_embed", "qkv", "vit_heads", "head_dim"),
+            dtype=dt,
+            param_dtype=pdt,
+            name="qkv",
+        )(y)  # [B', h, w, 3, H, D]
         q, k, v = qkv[..., 0, :, :], qkv[..., 1, :, :], qkv[..., 2, :, :]
         init = boxed(nn.initializers.normal(0.02), ("rel_pos", "head_dim"))
         th = self.param("rel_pos_h", init, (2 * size - 1, hd), pdt)
         tw = self.param("rel_pos_w", init, (2 * size - 1, hd), pdt)
         bias = rel_pos_bias(q, th, tw)
-        flat = lambda a: a.reshape(bb, h * w, c.heads, hd)
-        a = dot_product_attention(flat(q), flat(k), flat(v), bias=bias, impl=self.cfg.attention)
-        a = dense(c.width, ("vit_heads", "head_dim", "vit_embed"), axis=(-2, -1), dtype=dt, param_dtype=pdt,
-                  name="proj")(a.reshape(bb, h, w, c.heads, hd))
+        q, k, v = (a.reshape(bb, h * w, c.heads, hd) for a in (q, k, v))
+        a = dot_product_attention(q, k, v, bias=bias, impl=self.cfg.attention)
+        a = dense(
+            c.width,
+            ("vit_heads", "head_dim", "vit_embed"),
+            axis=(-2, -1),
+            dtype=dt,
+            param_dtype=pdt,
+            name="proj",
+        )(a.reshape(bb, h, w, c.heads, hd))
         if self.window:
             a = window_unpartition(a, self.window, padded, hw)
         x = shortcut + a
         y = layer_norm("vit_embed", c.ln_eps, dt, pdt, name="ln2")(x)
         y = dense(c.mlp_dim, ("vit_embed", "vit_mlp"), dtype=dt, param_dtype=pdt, name="lin1")(y)
-        y = dense(c.width, ("vit_mlp", "vit_embed"), dtype=dt, param_dtype=pdt, name="lin2")(gelu(y))
+        y = dense(c.width, ("vit_mlp", "vit_embed"), dtype=dt, param_dtype=pdt, name="lin2")(
+            gelu(y)
+        )
         return x + y
 
 
 def _conv(features: int, k: int, stride: int, dt, pdt, name: str) -> nn.Conv:
     pad = (k - 1) // 2
-    return nn.Conv(features, (k, k), strides=(stride, stride), padding=((pad, pad), (pad, pad)), use_bias=False,
-                   dtype=dt, param_dtype=pdt,
-                   kernel_init=boxed(nn.initializers.lecun_normal(), ("conv_h", "conv_w", "conv_in", "conv_out")),
-                   name=name)
+    return nn.Conv(
+        features,
+        (k, k),
+        strides=(stride, stride),
+        padding=((pad, pad), (pad, pad)),
+        use_bias=False,
+        dtype=dt,
+        param_dtype=pdt,
+        kernel_init=boxed(
+            nn.initializers.lecun_normal(), ("conv_h", "conv_w", "conv_in", "conv_out")
+        ),
+        name=name,
+    )
 
 
 class Neck(nn.Module):
     """Conv1x1 -> LayerNorm(channels) -> Conv3x3 -> LayerNorm(channels); [B, h, w, W] -> [B, h, w, C]."""
+
     cfg: ModelConfig
 
     @nn.compact
@@ -112,6 +143,7 @@ class Neck(nn.Module):
 
 class Downsample(nn.Module):
     """Bilinear resize to (4*out, 4*out) then two stride-2 3x3 convs: C -> 2C -> 4C channels."""
+
     cfg: ModelConfig
 
     @nn.compact
@@ -119,8 +151,9 @@ class Downsample(nn.Module):
         c, dt, pdt = self.cfg.sam, dtype_of(self.cfg.dtype), dtype_of(self.cfg.param_dtype)
         side = 4 * self.cfg.siglip.grid
         # Half-pixel bilinear without antialias = torch interpolate(bilinear, align_corners=False).
-        x = jax.image.resize(x.astype(jnp.float32), (x.shape[0], side, side, x.shape[-1]), "linear",
-                             antialias=False).astype(dt)
+        x = jax.image.resize(
+            x.astype(jnp.float32), (x.shape[0], side, side, x.shape[-1]), "linear", antialias=False
+        ).astype(dt)
         x = _conv(2 * c.out_chans, 3, 2, dt, pdt, "conv1")(x)
         return _conv(4 * c.out_chans, 3, 2, dt, pdt, "conv2")(x)
 
@@ -132,8 +165,12 @@ class SamEncoder(nn.Module):
     def __call__(self, pixels: jax.Array) -> jax.Array:
         c, dt, pdt = self.cfg.sam, dtype_of(self.cfg.dtype), dtype_of(self.cfg.param_dtype)
         x = patch_embed(c.width, c.patch_size, dt, pdt)(pixels.astype(dt))
-        pos = self.param("pos_embed", boxed(nn.initializers.normal(0.02), ("pos", "pos_w", "vit_embed")),
-                         (c.grid, c.grid, c.width), pdt)
+        pos = self.param(
+            "pos_embed",
+            boxed(nn.initializers.normal(0.02), ("pos", "pos_w", "vit_embed")),
+            (c.grid, c.grid, c.width),
+            pdt,
+        )
         x = x + pos.astype(dt)[None]
         block = maybe_remat(SamBlock, self.cfg.remat_policy)
         first_global = c.global_attn_indexes[0]
@@ -150,4 +187,6 @@ class SamEncoder(nn.Module):
         alpha = self.param("hd_alpha", boxed(nn.initializers.zeros_init(), ("scalar",)), (1,), pdt)
         out = main + alpha.astype(dt) * side
         b, h, w, ch = out.shape
-        return nn.with_logical_constraint(out.reshape(b, h * w, ch), ("act_batch", "act_len", "act_embed"))
+        return nn.with_logical_constraint(
+            out.reshape(b, h * w, ch), ("act_batch", "act_len", "act_embed")
+        )

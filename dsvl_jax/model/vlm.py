@@ -5,6 +5,7 @@ image-token positions in the row-major flattened [B, T] ids receives image k), o
 [B, I, H, W, 3] (training layout: row b's image tokens take row b's images, so rows never borrow
 another row's images and micro-batches can be cut anywhere).
 """
+
 from __future__ import annotations
 
 import flax.linen as nn
@@ -18,7 +19,9 @@ from dsvl_jax.model.sam import SamEncoder
 from dsvl_jax.model.siglip import SiglipEncoder
 
 
-def splice_indices(ids: jax.Array, image_token_id: int, num_features: int) -> tuple[jax.Array, jax.Array]:
+def splice_indices(
+    ids: jax.Array, image_token_id: int, num_features: int
+) -> tuple[jax.Array, jax.Array]:
     """Flat layout: for each [B, T] position, (is_image, index into the flat [num_features, D] features)."""
     is_image = ids == image_token_id
     idx = jnp.cumsum(is_image.reshape(-1)) - 1
@@ -42,7 +45,9 @@ class DeepseekVL(nn.Module):
         self.adaptor = Adaptor(self.cfg)
         self.llm = Decoder(self.cfg)
 
-    def towers(self, pixels: jax.Array, high_pixels: jax.Array | None = None) -> dict[str, jax.Array]:
+    def towers(
+        self, pixels: jax.Array, high_pixels: jax.Array | None = None
+    ) -> dict[str, jax.Array]:
         """NHWC pixels [N, 384, 384, 3] (+ [N, 1024, 1024, 3]) -> per-tower features [N, 576, W]."""
         out = {"siglip": self.siglip(pixels)}
         if self.cfg.hybrid:
@@ -54,17 +59,30 @@ class DeepseekVL(nn.Module):
         f = self.towers(pixels, high_pixels)
         return self.adaptor(f["siglip"], f.get("sam"))
 
-    def __call__(self, ids: jax.Array, positions: jax.Array, segments: jax.Array, *,
-                 pixels: jax.Array | None = None, high_pixels: jax.Array | None = None,
-                 image_embeds: jax.Array | None = None, cache: KVCache | None = None,
-                 cache_index: jax.Array | int = 0, output: str = "logits") -> tuple[jax.Array, KVCache | None]:
+    def __call__(
+        self,
+        ids: jax.Array,
+        positions: jax.Array,
+        segments: jax.Array,
+        *,
+        pixels: jax.Array | None = None,
+        high_pixels: jax.Array | None = None,
+        image_embeds: jax.Array | None = None,
+        cache: KVCache | None = None,
+        cache_index: jax.Array | int = 0,
+        output: str = "logits",
+    ) -> tuple[jax.Array, KVCache | None]:
         """ids/positions [B, T], segments [B, S] (0 = padding) -> (logits [B, T, V] f32, cache)."""
         inject = inject_mask = None
         per_sample = pixels is not None and pixels.ndim == 5
         if image_embeds is None and pixels is not None:
             if per_sample:
                 b, i = pixels.shape[:2]
-                flat_hp = None if high_pixels is None else high_pixels.reshape(b * i, *high_pixels.shape[2:])
+                flat_hp = (
+                    None
+                    if high_pixels is None
+                    else high_pixels.reshape(b * i, *high_pixels.shape[2:])
+                )
                 image_embeds = self.encode_images(pixels.reshape(b * i, *pixels.shape[2:]), flat_hp)
                 image_embeds = image_embeds.reshape(b, -1, image_embeds.shape[-1])  # [B, I*N, D]
             else:
@@ -76,5 +94,13 @@ class DeepseekVL(nn.Module):
             flat = image_embeds.reshape(-1, image_embeds.shape[-1])
             inject_mask, idx = splice_indices(ids, self.cfg.image_token_id, flat.shape[0])
             inject = flat[idx]
-        return self.llm(ids, positions, segments, inject=inject, inject_mask=inject_mask, cache=cache,
-                        cache_index=cache_index, output=output)
+        return self.llm(
+            ids,
+            positions,
+            segments,
+            inject=inject,
+            inject_mask=inject_mask,
+            cache=cache,
+            cache_index=cache_index,
+            output=output,
+        )

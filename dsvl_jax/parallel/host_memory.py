@@ -11,6 +11,7 @@ Applied by the compute entry points (train, demo, chat, evaluate, benchmarks), n
 off glibc, when tcmalloc/jemalloc is preloaded (they keep freed memory themselves; tcmalloc is a further
 ~5% faster here), or with DSVL_HOST_ALLOCATOR=system.
 """
+
 from __future__ import annotations
 
 import ctypes
@@ -42,7 +43,10 @@ def retain_freed_memory() -> bool:
         return False
     mallopt.argtypes, mallopt.restype = (ctypes.c_int, ctypes.c_int), ctypes.c_int
     # Order matters: one arena first (secondary arenas are mmap'd heaps that shrink on free).
-    ok = all(mallopt(p, v) == 1 for p, v in ((_M_ARENA_MAX, 1), (_M_MMAP_MAX, 0), (_M_TRIM_THRESHOLD, _INT_MAX)))
+    ok = all(
+        mallopt(p, v) == 1
+        for p, v in ((_M_ARENA_MAX, 1), (_M_MMAP_MAX, 0), (_M_TRIM_THRESHOLD, _INT_MAX))
+    )
     if not ok:
         log.warning("mallopt refused a setting; host allocations keep glibc's defaults")
     return ok

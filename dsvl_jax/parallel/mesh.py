@@ -6,20 +6,23 @@ Config (`parallel` section):
 Axis types are set to Auto on purpose (classic GSPMD: the partitioner propagates shardings from the
 parameter/batch shardings and our logical constraints); jax.make_mesh would default to Explicit.
 """
+
 from __future__ import annotations
 
 import math
-from typing import Mapping, Sequence
+from collections.abc import Mapping, Sequence
 
 import jax
 import numpy as np
-from jax.experimental import mesh_utils
 from jax.sharding import AxisType, Mesh
+
+from dsvl_jax import compat
+from dsvl_jax.errors import ConfigError
 
 MESH_AXES = ("data", "fsdp", "tensor")
 
 
-class MeshError(ValueError):
+class MeshError(ConfigError):
     """The requested mesh does not fit the devices."""
 
 
@@ -28,18 +31,26 @@ def resolve_shape(sizes: Mapping[str, int], n: int, what: str) -> tuple[int, ...
     shape = [int(sizes.get(a, 1)) for a in MESH_AXES]
     free = [i for i, s in enumerate(shape) if s == -1]
     if len(free) > 1:
-        raise MeshError(f"parallel.{what}: at most one axis may be -1, got {dict(zip(MESH_AXES, shape))}")
+        raise MeshError(
+            f"parallel.{what}: at most one axis may be -1, got {dict(zip(MESH_AXES, shape))}"
+        )
     if any(s == 0 or s < -1 for s in shape):
-        raise MeshError(f"parallel.{what}: sizes must be positive or -1, got {dict(zip(MESH_AXES, shape))}")
+        raise MeshError(
+            f"parallel.{what}: sizes must be positive or -1, got {dict(zip(MESH_AXES, shape))}"
+        )
     known = math.prod(s for s in shape if s != -1)
     if free:
         if n % known:
-            raise MeshError(f"parallel.{what}: {n} devices are not divisible by the fixed axes' product {known} "
-                            f"({dict(zip(MESH_AXES, shape))})")
+            raise MeshError(
+                f"parallel.{what}: {n} devices are not divisible by the fixed axes' product {known} "
+                f"({dict(zip(MESH_AXES, shape))})"
+            )
         shape[free[0]] = n // known
     if math.prod(shape) != n:
-        raise MeshError(f"parallel.{what}: mesh {'x'.join(map(str, shape))} = {math.prod(shape)} devices "
-                        f"does not match the {n} devices available ({dict(zip(MESH_AXES, shape))})")
+        raise MeshError(
+            f"parallel.{what}: mesh {'x'.join(map(str, shape))} = {math.prod(shape)} devices "
+            f"does not match the {n} devices available ({dict(zip(MESH_AXES, shape))})"
+        )
     return tuple(shape)
 
 
@@ -55,9 +66,9 @@ def build_mesh(parallel, devices: Sequence[jax.Device] | None = None) -> Mesh:
     dcn = resolve_shape(dcn_cfg, slices, "dcn")
     ici = resolve_shape(dict(parallel.get("ici", {}) or {}), len(devices) // slices, "ici")
     if slices > 1:
-        arr = mesh_utils.create_hybrid_device_mesh(ici, dcn, devices)
+        arr = compat.device_mesh_array(ici, dcn, devices)
     elif devices[0].platform == "cpu":
         arr = np.asarray(devices).reshape(ici)  # CPU devices have no topology to optimise for
     else:
-        arr = mesh_utils.create_device_mesh(ici, devices)
+        arr = compat.device_mesh_array(ici, None, devices)
     return Mesh(arr, MESH_AXES, axis_types=(AxisType.Auto,) * len(MESH_AXES))

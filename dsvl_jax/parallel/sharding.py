@@ -1,17 +1,21 @@
 """Sharding helpers: logical specs -> NamedShardings (with divisibility checks), batch placement."""
+
 from __future__ import annotations
 
 import math
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import jax
 import numpy as np
-from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+from jax.sharding import Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
 
+from dsvl_jax.errors import ConfigError
 from dsvl_jax.parallel.rules import Rule
 
 
-class ShardingError(ValueError):
+class ShardingError(ConfigError):
     """A dimension cannot be split over the mesh axes its logical name maps to."""
 
 
@@ -24,8 +28,13 @@ def _mesh_axes(name: str | None, rules: Sequence[Rule]):
     raise ShardingError(f"logical axis {name!r} has no rule in parallel/rules.py")
 
 
-def spec_for(names: Sequence[str | None], shape: Sequence[int], mesh: Mesh, rules: Sequence[Rule],
-             where: str = "") -> P:
+def spec_for(
+    names: Sequence[str | None],
+    shape: Sequence[int],
+    mesh: Mesh,
+    rules: Sequence[Rule],
+    where: str = "",
+) -> P:
     """Logical names of one array -> PartitionSpec, checking each dim divides its mesh axes."""
     out, used = [], set()
     for dim, name in zip(shape, names):
@@ -37,8 +46,10 @@ def spec_for(names: Sequence[str | None], shape: Sequence[int], mesh: Mesh, rule
         axes_t = tuple(a for a in axes_t if a not in used)  # a mesh axis may shard one dim only
         size = math.prod(mesh.shape[a] for a in axes_t)
         if dim % size:
-            raise ShardingError(f"{where}: dim {dim} (logical {name!r}) is not divisible by mesh axes "
-                                f"{axes_t} of size {size}")
+            raise ShardingError(
+                f"{where}: dim {dim} (logical {name!r}) is not divisible by mesh axes "
+                f"{axes_t} of size {size}"
+            )
         used.update(axes_t)
         out.append(None if size == 1 else (axes_t[0] if len(axes_t) == 1 else axes_t))
     return P(*out)
@@ -69,15 +80,19 @@ def check_replication(specs: Any, abstract: Any, mesh, max_elems: int) -> None:
     if math.prod(mesh.shape[a] for a in ("fsdp", "tensor")) == 1:
         return
     big = []
-    for (path, spec), leaf in zip(jax.tree_util.tree_leaves_with_path(specs, is_leaf=lambda x: isinstance(x, P)),
-                                  jax.tree.leaves(abstract)):
+    for (path, spec), leaf in zip(
+        jax.tree_util.tree_leaves_with_path(specs, is_leaf=lambda x: isinstance(x, P)),
+        jax.tree.leaves(abstract),
+    ):
         n = math.prod(leaf.shape)
         if n > max_elems and all(a is None for a in spec):
             big.append(f"{jax.tree_util.keystr(path)} {tuple(leaf.shape)}")
     if big:
-        raise ShardingError(f"{len(big)} parameter(s) above parallel.replicate_max_elems={max_elems} would be "
-                            f"fully replicated on mesh {dict(mesh.shape)}: {big[:8]}; fix parallel/rules.py "
-                            f"or parallel.rules_override")
+        raise ShardingError(
+            f"{len(big)} parameter(s) above parallel.replicate_max_elems={max_elems} would be "
+            f"fully replicated on mesh {dict(mesh.shape)}: {big[:8]}; fix parallel/rules.py "
+            f"or parallel.rules_override"
+        )
 
 
 def batch_sharding(mesh: Mesh, rules: Sequence[Rule], ndim: int) -> NamedSharding:
@@ -93,7 +108,9 @@ def batch_shards(mesh: Mesh, rules: Sequence[Rule]) -> int:
     return math.prod(mesh.shape[a] for a in axes)
 
 
-def shard_host_batch(batch: dict[str, np.ndarray], mesh: Mesh, rules: Sequence[Rule]) -> dict[str, jax.Array]:
+def shard_host_batch(
+    batch: dict[str, np.ndarray], mesh: Mesh, rules: Sequence[Rule]
+) -> dict[str, jax.Array]:
     """This host's slice of the global batch -> global jax.Arrays sharded on the batch axis.
 
     Each process passes its local rows (global_batch / process_count of them, in process order);

@@ -11,23 +11,27 @@ HBM is what the compiler lets one program use, as libtpu 0.0.42 reports it in RE
 links) is the vendor figure from the Cloud TPU system-architecture pages. Peak FLOP/s live in
 train/metrics.py:PEAK_FLOPS, keyed by the device kind the compile-only devices report.
 """
+
 from __future__ import annotations
 
 import dataclasses
 import math
 import re
 
+from dsvl_jax import compat
+from dsvl_jax.errors import ConfigError
+
 GiB = 1 << 30
 
 
 @dataclasses.dataclass(frozen=True)
 class Generation:
-    libtpu_name: str          # the `gen` of libtpu's `gen:shape`
-    cores_per_chip: int       # in the accelerator-type name (v5p-256 = 256 cores = 128 chips)
-    dims: int                 # 2-D (v5e, v6e) or 3-D torus (v4, v5p)
-    chip_config: str          # "megacore": one JAX device per chip
-    hbm_bytes: int            # per chip, usable by a program ("available HBM" in libtpu 0.0.42's OOM errors)
-    ici_bytes_per_s: float    # per chip, all links
+    libtpu_name: str  # the `gen` of libtpu's `gen:shape`
+    cores_per_chip: int  # in the accelerator-type name (v5p-256 = 256 cores = 128 chips)
+    dims: int  # 2-D (v5e, v6e) or 3-D torus (v4, v5p)
+    chip_config: str  # "megacore": one JAX device per chip
+    hbm_bytes: int  # per chip, usable by a program ("available HBM" in libtpu 0.0.42's OOM errors)
+    ici_bytes_per_s: float  # per chip, all links
 
 
 GENERATIONS: dict[str, Generation] = {
@@ -39,21 +43,43 @@ GENERATIONS: dict[str, Generation] = {
 _ALIASES = {"v5": "v5p", "v5litepod": "v5e", "v6": "v6e"}
 
 # Chips -> slice shape (the shapes Cloud TPU provisions).
-_SHAPES_3D = {4: (2, 2, 1), 8: (2, 2, 2), 16: (2, 2, 4), 32: (2, 4, 4), 64: (4, 4, 4), 128: (4, 4, 8),
-              192: (4, 4, 12), 256: (4, 8, 8), 512: (8, 8, 8), 768: (8, 8, 12), 1024: (8, 8, 16),
-              2048: (8, 16, 16), 4096: (16, 16, 16), 6144: (16, 16, 24)}
-_SHAPES_2D = {1: (1, 1), 4: (2, 2), 8: (2, 4), 16: (4, 4), 32: (4, 8), 64: (8, 8), 128: (8, 16), 256: (16, 16)}
+_SHAPES_3D = {
+    4: (2, 2, 1),
+    8: (2, 2, 2),
+    16: (2, 2, 4),
+    32: (2, 4, 4),
+    64: (4, 4, 4),
+    128: (4, 4, 8),
+    192: (4, 4, 12),
+    256: (4, 8, 8),
+    512: (8, 8, 8),
+    768: (8, 8, 12),
+    1024: (8, 8, 16),
+    2048: (8, 16, 16),
+    4096: (16, 16, 16),
+    6144: (16, 16, 24),
+}
+_SHAPES_2D = {
+    1: (1, 1),
+    4: (2, 2),
+    8: (2, 4),
+    16: (4, 4),
+    32: (4, 8),
+    64: (8, 8),
+    128: (8, 16),
+    256: (16, 16),
+}
 
 
-class TopologyError(ValueError):
+class TopologyError(ConfigError):
     """An unknown or malformed slice name."""
 
 
 @dataclasses.dataclass(frozen=True)
 class Topology:
-    name: str                 # as given
-    generation: str           # key of GENERATIONS
-    shape: tuple[int, ...]    # chips per torus dimension
+    name: str  # as given
+    generation: str  # key of GENERATIONS
+    shape: tuple[int, ...]  # chips per torus dimension
     num_slices: int = 1
 
     @property
@@ -83,8 +109,14 @@ class Topology:
     def desc_kwargs(self) -> dict:
         """Keyword arguments of jax.experimental.topologies.get_topology_desc."""
         host = (1, 1, 1) if self.chips_per_slice == 1 else (2, 2, 1)
-        return dict(platform="tpu", topology_name=self.libtpu_name, chip_config_name=self.gen.chip_config,
-                    chips_per_host_bounds=host, num_slices=self.num_slices, wrap=self.wrap)
+        return dict(
+            platform="tpu",
+            topology_name=self.libtpu_name,
+            chip_config_name=self.gen.chip_config,
+            chips_per_host_bounds=host,
+            num_slices=self.num_slices,
+            wrap=self.wrap,
+        )
 
 
 def parse(name: str, num_slices: int = 1) -> Topology:
@@ -105,7 +137,9 @@ def parse(name: str, num_slices: int = 1) -> Topology:
         return Topology(name, gen, shape, num_slices)
     m = re.fullmatch(r"([a-z0-9]+)-(\d+)", name)
     if not m:
-        raise TopologyError(f"topology {name!r}: expected e.g. v5p-256, v5e-256, v4-128, v6e-256 or v5e:2x2")
+        raise TopologyError(
+            f"topology {name!r}: expected e.g. v5p-256, v5e-256, v4-128, v6e-256 or v5e:2x2"
+        )
     gen = _generation(m.group(1), name)
     g = GENERATIONS[gen]
     n = int(m.group(2))
@@ -113,18 +147,21 @@ def parse(name: str, num_slices: int = 1) -> Topology:
     chips, rem = divmod(n, g.cores_per_chip)
     if rem or chips not in table:
         known = ", ".join(f"{gen}-{c * g.cores_per_chip}" for c in sorted(table))
-        raise TopologyError(f"topology {name!r}: unknown {gen} size; known: {known} (or give gen:shape)")
+        raise TopologyError(
+            f"topology {name!r}: unknown {gen} size; known: {known} (or give gen:shape)"
+        )
     return Topology(name, gen, table[chips], num_slices)
 
 
 def _generation(prefix: str, name: str) -> str:
     gen = _ALIASES.get(prefix, prefix)
     if gen not in GENERATIONS:
-        raise TopologyError(f"topology {name!r}: unknown TPU generation {prefix!r}; known: {sorted(GENERATIONS)}")
+        raise TopologyError(
+            f"topology {name!r}: unknown TPU generation {prefix!r}; known: {sorted(GENERATIONS)}"
+        )
     return gen
 
 
 def devices(topo: Topology) -> list:
     """Compile-only devices of the slice(s) (needs libtpu; no TPU attached)."""
-    from jax.experimental import topologies
-    return list(topologies.get_topology_desc(**topo.desc_kwargs()).devices)
+    return compat.topology_devices(**topo.desc_kwargs())

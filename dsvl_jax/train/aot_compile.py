@@ -11,18 +11,20 @@ fails inside XLA with RESOURCE_EXHAUSTED, as on hardware; that is recorded as `f
 parallel/topologies.py). `cost_analysis()` counts a scanned layer once, so FLOPs come from the analytic
 counter (train/metrics.py).
 """
+
 from __future__ import annotations
 
 import dataclasses
 import math
 import re
 import time
-from typing import Callable
+from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
 import ml_collections
 
+from dsvl_jax.errors import ConfigError
 from dsvl_jax.model.config import ModelConfig
 from dsvl_jax.model.params import flatten
 from dsvl_jax.train import metrics as M
@@ -31,18 +33,20 @@ from dsvl_jax.train.state import StateFactory
 from dsvl_jax.train.step import CompiledStep, batch_shardings
 
 # Projection assumptions (stated in the JSON next to the numbers they produce).
-DEFAULT_EFFICIENCY = 0.65  # share of peak the compiled FLOPs reach: MaxText's dense v5p runs sit at 55-71% MFU
+# share of peak the compiled FLOPs reach: MaxText's dense v5p runs sit at 55-71% MFU
+DEFAULT_EFFICIENCY = 0.65
 RECOMPUTE = {"full": 1.0, "save_attn_out": 1.0, "dots": 0.0, "dots_no_batch": 0.0, "none": 0.0}
 
 
 @dataclasses.dataclass
 class Attempt:
     """One compile of the step for (batch_size, microbatches)."""
+
     batch_size: int
     microbatches: int
     fits: bool
-    bytes_per_chip: int            # total per chip (0 when XLA refused without naming a figure)
-    memory: dict                   # argument / output / alias / temp / code bytes per chip
+    bytes_per_chip: int  # total per chip (0 when XLA refused without naming a figure)
+    memory: dict  # argument / output / alias / temp / code bytes per chip
     compile_s: float
 
 
@@ -54,10 +58,14 @@ def with_train(cfg: ml_collections.ConfigDict, **fields) -> ml_collections.Confi
     return c
 
 
-def batch_like(mcfg: ModelConfig, batch_size: int, seq_len: int, images: int, with_images: bool = True) -> dict:
+def batch_like(
+    mcfg: ModelConfig, batch_size: int, seq_len: int, images: int, with_images: bool = True
+) -> dict:
     """The loader's batch (data/packing.py RowPacker.emit) as ShapeDtypeStructs, without shardings."""
     s = jax.ShapeDtypeStruct
-    out = {k: s((batch_size, seq_len), jnp.int32) for k in ("ids", "targets", "positions", "segments")}
+    out = {
+        k: s((batch_size, seq_len), jnp.int32) for k in ("ids", "targets", "positions", "segments")
+    }
     out["loss_mask"] = s((batch_size, seq_len), jnp.float32)
     if with_images:
         n = mcfg.siglip.image_size
@@ -72,10 +80,13 @@ def memory_stats(compiled) -> dict:
     """Per-chip bytes from memory_analysis(); total = arguments + outputs - donated aliases + temporaries
     + generated code (what must sit in HBM at the peak)."""
     ma = compiled.memory_analysis()
-    m = {k: int(getattr(ma, f"{k}_size_in_bytes", 0) or 0)
-         for k in ("argument", "output", "alias", "temp", "generated_code")}
+    m = {
+        k: int(getattr(ma, f"{k}_size_in_bytes", 0) or 0)
+        for k in ("argument", "output", "alias", "temp", "generated_code")
+    }
     m["total"] = m["argument"] + m["output"] - m["alias"] + m["temp"] + m["generated_code"]
-    m["xla_peak"] = int(getattr(ma, "peak_memory_in_bytes", 0) or 0)  # XLA's own heap peak, for reference
+    # XLA's own heap peak, for reference
+    m["xla_peak"] = int(getattr(ma, "peak_memory_in_bytes", 0) or 0)
     return m
 
 
@@ -95,8 +106,14 @@ def oom_bytes(message: str) -> int:
     return int(float(num) * _UNITS[unit.upper()])
 
 
-def compile_step(cfg: ml_collections.ConfigDict, mcfg: ModelConfig, mesh, rules, hbm_bytes: int,
-                 log: Callable[[str], None] = print) -> Attempt:
+def compile_step(
+    cfg: ml_collections.ConfigDict,
+    mcfg: ModelConfig,
+    mesh,
+    rules,
+    hbm_bytes: int,
+    log: Callable[[str], None] = print,
+) -> Attempt:
     """Lower and compile the real train step for cfg.train's batch layout on `mesh`."""
     t = cfg.train
     factory = StateFactory(mcfg, t, mesh, rules, cfg.parallel.replicate_max_elems)
@@ -107,27 +124,33 @@ def compile_step(cfg: ml_collections.ConfigDict, mcfg: ModelConfig, mesh, rules,
     start = time.perf_counter()
     try:
         compiled = CompiledStep(factory).lower(state_like, batch).compile()
-    except Exception as e:  # noqa: BLE001 - XLA raises its runtime error type; only OOM is an answer
+    except Exception as e:
         msg = str(e)
         if not _OOM.search(msg):
             raise
         secs = time.perf_counter() - start
         line = next((ln for ln in msg.splitlines() if _OOM.search(ln)), msg.splitlines()[0])
-        log(f"  batch {t.batch_size} x {t.microbatches} micro-batches: does not fit ({secs:.0f} s): {line[:200]}")
+        log(
+            f"  batch {t.batch_size} x {t.microbatches} micro-batches: does not fit ({secs:.0f} s): {line[:200]}"
+        )
         return Attempt(t.batch_size, t.microbatches, False, oom_bytes(msg), {}, secs)
     secs = time.perf_counter() - start
     mem = memory_stats(compiled)
     fits = mem["total"] <= hbm_bytes
-    log(f"  batch {t.batch_size} x {t.microbatches} micro-batches: {mem['total'] / 2**30:.2f} GiB/chip of "
-        f"{hbm_bytes / 2**30:.1f} ({'fits' if fits else 'too big'}; compiled in {secs:.0f} s)")
+    log(
+        f"  batch {t.batch_size} x {t.microbatches} micro-batches: {mem['total'] / 2**30:.2f} GiB/chip of "
+        f"{hbm_bytes / 2**30:.1f} ({'fits' if fits else 'too big'}; compiled in {secs:.0f} s)"
+    )
     return Attempt(t.batch_size, t.microbatches, fits, mem["total"], mem, secs)
 
 
 def microbatch_candidates(batch_size: int, shards: int) -> list[int]:
     """Micro-batch counts m (ascending) for which every micro-batch splits evenly over the batch shards."""
     if batch_size % shards:
-        raise ValueError(f"train.batch_size={batch_size} is not divisible by the {shards} batch shards of the "
-                         f"mesh (parallel.ici/dcn data x fsdp)")
+        raise ConfigError(
+            f"train.batch_size={batch_size} is not divisible by the {shards} batch shards of the "
+            f"mesh (parallel.ici/dcn data x fsdp)"
+        )
     per = batch_size // shards
     return [m for m in range(1, per + 1) if per % m == 0]
 
@@ -145,7 +168,9 @@ class Search:
         if key not in self.attempts:
             self.left -= 1
             c = with_train(self.cfg, batch_size=batch_size, microbatches=microbatches)
-            self.attempts[key] = compile_step(c, self.mcfg, self.mesh, self.rules, self.hbm, self.log)
+            self.attempts[key] = compile_step(
+                c, self.mcfg, self.mesh, self.rules, self.hbm, self.log
+            )
         return self.attempts[key]
 
     @property
@@ -213,8 +238,18 @@ def largest_batch(s: Search, batch_size: int, microbatches: int, shards: int) ->
     return s.attempts[(good * unit, microbatches)]
 
 
-def projection(mcfg: ModelConfig, t, factory_params: dict, trainable: set[str], mesh, *, chips: int,
-               peak: float, ici_bytes_per_s: float, efficiency: float = DEFAULT_EFFICIENCY) -> dict:
+def projection(
+    mcfg: ModelConfig,
+    t,
+    factory_params: dict,
+    trainable: set[str],
+    mesh,
+    *,
+    chips: int,
+    peak: float,
+    ici_bytes_per_s: float,
+    efficiency: float = DEFAULT_EFFICIENCY,
+) -> dict:
     """Analytic step time and MFU for one optimizer step of cfg.train's layout.
 
     Compute: model FLOPs (train/metrics.step_flops) plus the forward recomputed by remat in every part that
@@ -244,8 +279,16 @@ def projection(mcfg: ModelConfig, t, factory_params: dict, trainable: set[str], 
     comm_bytes = t.microbatches * per_mb + 2 * grads / (f * tp) * (d - 1) / d
     comm_s = comm_bytes / ici_bytes_per_s
     step_s = max(compute_s, comm_s)
-    return {"flops_per_step": model, "hw_flops_per_step": hw, "compute_s": compute_s, "comm_bytes_per_chip": comm_bytes,
-            "comm_s": comm_s, "projected_step_s": step_s, "projected_mfu": model / (step_s * chips * peak),
-            "projected_tokens_per_s": b * seq / step_s, "peak_flops_per_chip": peak,
-            "assumption": f"compiled FLOPs (model + remat recompute) at {efficiency:.0%} of peak; FSDP/data "
-                          f"collectives at full ICI bandwidth, overlapped with compute; DCN not modelled"}
+    return {
+        "flops_per_step": model,
+        "hw_flops_per_step": hw,
+        "compute_s": compute_s,
+        "comm_bytes_per_chip": comm_bytes,
+        "comm_s": comm_s,
+        "projected_step_s": step_s,
+        "projected_mfu": model / (step_s * chips * peak),
+        "projected_tokens_per_s": b * seq / step_s,
+        "peak_flops_per_chip": peak,
+        "assumption": f"compiled FLOPs (model + remat recompute) at {efficiency:.0%} of peak; FSDP/data "
+        f"collectives at full ICI bandwidth, overlapped with compute; DCN not modelled",
+    }

@@ -7,6 +7,7 @@ the greedy continuation up to EOS, stripped, must equal the answer. `chance` is 
 answering the most frequent answer would score; `accuracy_swapped_images` asks the same questions
 with every item's image replaced by another item's (what the text alone carries).
 """
+
 from __future__ import annotations
 
 import collections
@@ -19,6 +20,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from dsvl_jax.data import pipeline, records
+from dsvl_jax.data.tokenizer import load_tokenizer
+from dsvl_jax.infer import Engine
 from dsvl_jax.model.config import ModelConfig
 from dsvl_jax.model.params import flatten
 from dsvl_jax.parallel.sharding import shard_host_batch
@@ -29,8 +32,10 @@ def single_turn(ex: records.Example) -> records.Example:
     """The record's first question (the one its images come with) and answer, as a one-turn conversation."""
     turns = [m for m in ex.messages if m.role != "system"]
     q = turns[0].content.replace(records.IMAGE_TAG, "").strip()
-    return dataclasses.replace(ex, messages=(records.Message("user", records.IMAGE_TAG * len(ex.images) + "\n" + q),
-                                             turns[1]))
+    return dataclasses.replace(
+        ex,
+        messages=(records.Message("user", records.IMAGE_TAG * len(ex.images) + "\n" + q), turns[1]),
+    )
 
 
 def qa_items(sources, limit: int) -> list[records.Example]:
@@ -50,29 +55,33 @@ def qa_items(sources, limit: int) -> list[records.Example]:
 
 
 class Evaluator:
-    def __init__(self, cfg, mcfg: ModelConfig, factory, sources=None):
-        from dsvl_jax.data.tokenizer import load_tokenizer
-
+    def __init__(self, cfg, mcfg: ModelConfig, factory):
         self.cfg, self.mcfg, self.factory = cfg, mcfg, factory
-        self.sources = sources if sources is not None else pipeline.open_configured_sources(cfg.eval)
+        self.sources = pipeline.open_configured_sources(cfg.eval)
         self.tok = load_tokenizer(cfg.data.tokenizer)
         self.items = qa_items(self.sources, cfg.eval.qa_items)
-        self.system = pipeline.system_prompt_text(cfg.data.system_prompt)
         self._loss = None
 
     # -- loss --------------------------------------------------------------------------------
     def _loss_fn(self, batch_like):
         f = self.factory
-        fn = functools.partial(loss_sums, {}, cfg=self.mcfg, z_loss=0.0, loss_chunk=int(self.cfg.train.loss_chunk))
+        fn = functools.partial(
+            loss_sums, {}, cfg=self.mcfg, z_loss=0.0, loss_chunk=int(self.cfg.train.loss_chunk)
+        )
 
         def run(params, batch):
-            s, aux = fn(flatten(params), batch)
+            _, aux = fn(flatten(params), batch)
             return aux["ce_sum"], jnp.sum(batch["loss_mask"])
+
         return jax.jit(run, in_shardings=(f.shardings.params, batch_shardings(f, batch_like)))
 
     def loss(self, params) -> float:
         f = self.factory
-        it = iter(pipeline.build(self.cfg, host=jax.process_index(), hosts=jax.process_count(), sources=self.sources))
+        it = iter(
+            pipeline.build(
+                self.cfg, host=jax.process_index(), hosts=jax.process_count(), sources=self.sources
+            )
+        )
         tot = n = 0.0
         for _ in range(self.cfg.eval.batches):
             b = shard_host_batch(next(it), f.mesh, f.rules)
@@ -85,10 +94,11 @@ class Evaluator:
 
     # -- exact match ---------------------------------------------------------------------------
     def answers(self, params, items: list[records.Example], batch: int = 8) -> list[str]:
-        """Greedy answers to each item's question(s) (everything before its last message)."""
-        from dsvl_jax.infer import Engine
-
-        eng = Engine(self.mcfg, params, self.tok, batch_size=batch, system_prompt=self.system)
+        """Greedy answers to each item's question(s) (everything before its last message), asked the way
+        `chat` asks them: the same Engine, with the system prompt the run trained with."""
+        eng = Engine(
+            self.mcfg, params, self.tok, batch_size=batch, system_prompt=self.cfg.data.system_prompt
+        )
         prompts = eng.prompts([ex.messages[:-1] for ex in items], [ex.images for ex in items])
         new = eng.generate_ids(prompts, max_new_tokens=self.cfg.eval.max_new_tokens)
         return [eng.decode_answer(row) for row in new]
@@ -102,12 +112,20 @@ class Evaluator:
         chance = collections.Counter(refs).most_common(1)[0][1] / len(refs)
         # the same questions with each item's image swapped for the next item's: accuracy falls towards
         # what the text alone gives; the gap is what the model reads from the image
-        swapped = [dataclasses.replace(ex, images=self.items[(i + 1) % len(self.items)].images[:len(ex.images)])
-                   for i, ex in enumerate(self.items)]
+        swapped = [
+            dataclasses.replace(
+                ex, images=self.items[(i + 1) % len(self.items)].images[: len(ex.images)]
+            )
+            for i, ex in enumerate(self.items)
+        ]
         got_sw = self.answers(params, swapped)
         acc_sw = float(np.mean([a == r for a, r in zip(got_sw, refs)]))
-        return {"eval_accuracy": acc, "eval_chance": chance, "eval_accuracy_swapped_images": acc_sw,
-                "eval_qa_items": len(refs)}
+        return {
+            "eval_accuracy": acc,
+            "eval_chance": chance,
+            "eval_accuracy_swapped_images": acc_sw,
+            "eval_qa_items": len(refs),
+        }
 
     def run(self, params) -> dict:
         return {"eval_loss": self.loss(params), **self.exact_match(params)}

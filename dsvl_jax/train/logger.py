@@ -4,12 +4,18 @@ files (written with tensorboard's own protos, no TensorFlow), and a tqdm progres
 On resume the lines of steps after the restored checkpoint are dropped first, so metrics.jsonl
 reads like one uninterrupted run.
 """
+
 from __future__ import annotations
 
 import json
 import math
 import os
-import time
+
+from tqdm.auto import tqdm
+
+from dsvl_jax import compat
+
+METRICS_FILE = "metrics.jsonl"
 
 
 def truncate_after(path: str, step: int) -> None:
@@ -39,41 +45,57 @@ def read_metrics(path: str) -> list[dict]:
 
 
 class MetricsLogger:
-    def __init__(self, workdir: str, *, total_steps: int, start_step: int, enabled: bool = True,
-                 tensorboard: bool = True, progress: bool = True):
+    def __init__(
+        self,
+        workdir: str,
+        *,
+        total_steps: int,
+        start_step: int,
+        enabled: bool = True,
+        tensorboard: bool = True,
+        progress: bool = True,
+    ):
         self.enabled = enabled
-        self.path = os.path.join(workdir, "metrics.jsonl")
+        self.path = os.path.join(workdir, METRICS_FILE)
         self._tb = self._bar = None
         if not enabled:
             return
         truncate_after(self.path, start_step)
-        self._f = open(self.path, "a")
+        self._f = open(self.path, "a")  # noqa: SIM115 - kept open for the run, closed in close()
         if tensorboard:
-            from tensorboard.summary.writer.event_file_writer import EventFileWriter
-            self._tb = EventFileWriter(os.path.join(workdir, "tensorboard"))
+            self._tb = compat.TensorboardWriter(os.path.join(workdir, "tensorboard"))
         if progress:
-            from tqdm.auto import tqdm
-            self._bar = tqdm(total=total_steps, initial=start_step, unit="step", dynamic_ncols=True, mininterval=1.0)
+            self._bar = tqdm(
+                total=total_steps,
+                initial=start_step,
+                unit="step",
+                dynamic_ncols=True,
+                mininterval=1.0,
+            )
 
     def write(self, record: dict) -> None:
         """One record: {"step": int, name: number, ...}; non-finite numbers are written as strings."""
         if not self.enabled:
             return
-        clean = {k: (v if not isinstance(v, float) or math.isfinite(v) else str(v)) for k, v in record.items()}
+        clean = {
+            k: (v if not isinstance(v, float) or math.isfinite(v) else str(v))
+            for k, v in record.items()
+        }
         self._f.write(json.dumps(clean) + "\n")
         self._f.flush()
         if self._tb is not None:
-            from tensorboard.compat.proto.event_pb2 import Event
-            from tensorboard.compat.proto.summary_pb2 import Summary
-            vals = [Summary.Value(tag=k, simple_value=float(v)) for k, v in record.items()
-                    if k != "step" and isinstance(v, (int, float))]
-            self._tb.add_event(Event(step=int(record["step"]), wall_time=time.time(), summary=Summary(value=vals)))
+            self._tb.scalars(
+                record["step"],
+                {k: v for k, v in record.items() if k != "step" and isinstance(v, (int, float))},
+            )
 
     def progress(self, step: int, **postfix) -> None:
         if self._bar is not None:
             self._bar.n = step
-            self._bar.set_postfix({k: (f"{v:.4g}" if isinstance(v, float) else v) for k, v in postfix.items()},
-                                  refresh=False)
+            self._bar.set_postfix(
+                {k: (f"{v:.4g}" if isinstance(v, float) else v) for k, v in postfix.items()},
+                refresh=False,
+            )
             self._bar.refresh()
 
     def close(self) -> None:

@@ -4,6 +4,7 @@ Autodiff of logsumexp(logits) - logits[target] produces two [B, T, V] cotangents
 (and a layout copy for the one-hot term); the closed form d/dlogits = (g_ce + g_logz) * softmax -
 g_ce * onehot is one fused pass over the logits, which matters when V is 32k-100k.
 """
+
 from __future__ import annotations
 
 import functools
@@ -18,14 +19,18 @@ def cross_entropy(logits: jax.Array, targets: jax.Array) -> tuple[jax.Array, jax
     return _fwd(logits, targets)[0]
 
 
-def _ce_terms(logits: jax.Array, targets: jax.Array, picked: jax.Array | None = None) -> tuple[jax.Array, jax.Array]:
+def _ce_terms(
+    logits: jax.Array, targets: jax.Array, picked: jax.Array | None = None
+) -> tuple[jax.Array, jax.Array]:
     """f32 logits [..., V] -> (ce, logz) [...]. `picked` (the target logits) when the caller has them."""
     logz = jax.nn.logsumexp(logits, axis=-1)
     if picked is None:
         # Select-and-reduce over V: fuses into one read of the logits on TPU. (A gather kept a second copy
         # of the logits there: +11 GiB/chip for 1.3B stage 2 on v5p-256.)
         vocab = jax.lax.broadcasted_iota(jnp.int32, logits.shape, logits.ndim - 1)
-        picked = jnp.sum(jnp.where(vocab == targets[..., None].astype(jnp.int32), logits, 0.0), axis=-1)
+        picked = jnp.sum(
+            jnp.where(vocab == targets[..., None].astype(jnp.int32), logits, 0.0), axis=-1
+        )
     return logz - picked, logz
 
 
@@ -50,14 +55,10 @@ def _bwd(res, g):
 cross_entropy.defvjp(_fwd, _bwd)
 
 
-def head_weight(params: dict, tied: bool) -> jax.Array:
-    """The output head as [D, V]: lm_head kernel, or the transposed embedding when tied."""
-    llm = params["llm"]
-    return llm["embed"]["embedding"].T if tied else llm["lm_head"]["kernel"]
-
-
 @functools.partial(jax.custom_vjp, nondiff_argnums=(3,))
-def head_cross_entropy(x: jax.Array, w: jax.Array, targets: jax.Array, chunk: int) -> tuple[jax.Array, jax.Array]:
+def head_cross_entropy(
+    x: jax.Array, w: jax.Array, targets: jax.Array, chunk: int
+) -> tuple[jax.Array, jax.Array]:
     """Output head + cross-entropy over token chunks: x [N, D], w [D, V], targets [N] -> (ce, logz) [N].
 
     Logits exist one chunk [chunk, V] at a time (forward and backward recompute them), so a 7B step at
@@ -86,6 +87,7 @@ def _head_fwd(x, w, targets, chunk):
     def body(_, xs):
         xc, tc = xs
         return None, _ce_terms(_chunk_logits(xc, w), tc, _target_logits(xc, w, tc))
+
     _, (ce, lz) = jax.lax.scan(body, None, (_chunks(x, chunk), _chunks(targets, chunk)))
     ce, lz = ce.reshape(-1), lz.reshape(-1)
     return (ce, lz), (x, w, targets, lz)
@@ -101,6 +103,7 @@ def _head_bwd(chunk, res, g):
         dx = jnp.dot(d, w.T, preferred_element_type=jnp.float32)
         dw = dw + jnp.dot(xc.T.astype(w.dtype), d, preferred_element_type=jnp.float32)
         return dw, dx
+
     xs = tuple(_chunks(a, chunk) for a in (x, targets, lz, g_ce, g_lz))
     dw, dx = jax.lax.scan(body, jnp.zeros(w.shape, jnp.float32), xs)
     return dx.reshape(x.shape).astype(x.dtype), dw.astype(w.dtype), None

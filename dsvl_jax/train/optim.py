@@ -14,6 +14,7 @@ Groups (every parameter belongs to exactly one):
   adaptor      the MLP adaptor
   llm          the language model (embeddings, blocks, head)
 """
+
 from __future__ import annotations
 
 import re
@@ -23,6 +24,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from dsvl_jax.errors import ConfigError
 from dsvl_jax.train.schedules import make_schedule
 
 GROUPS: dict[str, re.Pattern] = {
@@ -33,7 +35,7 @@ GROUPS: dict[str, re.Pattern] = {
     "llm": re.compile(r"^llm/"),
 }
 
-# The paper's stages (spec §5.1), as data. Stage configs copy these into train.trainable.
+# The paper's stages (docs/recipe.md#what-trains), as data. Stage configs copy these into train.trainable.
 STAGE_TRAINABLE = {
     1: ("adaptor", "sam_adaptor"),
     2: ("llm", "adaptor", "sam_adaptor"),
@@ -44,7 +46,9 @@ STAGE_TRAINABLE = {
 def group_of(path: str) -> str:
     hits = [g for g, rx in GROUPS.items() if rx.search(path)]
     if len(hits) != 1:
-        raise ValueError(f"parameter {path!r} matches groups {hits}; it must match exactly one of {list(GROUPS)}")
+        raise ValueError(
+            f"parameter {path!r} matches groups {hits}; it must match exactly one of {list(GROUPS)}"
+        )
     return hits[0]
 
 
@@ -52,10 +56,12 @@ def trainable_paths(paths, trainable: tuple[str, ...]) -> set[str]:
     """The subset of flat parameter paths that train under `train.trainable`."""
     unknown = sorted(set(trainable) - set(GROUPS))
     if unknown:
-        raise ValueError(f"train.trainable: unknown group(s) {unknown}; known: {list(GROUPS)}")
+        raise ConfigError(f"train.trainable: unknown group(s) {unknown}; known: {list(GROUPS)}")
     out = {p for p in paths if group_of(p) in trainable}
     if not out:
-        raise ValueError(f"train.trainable={tuple(trainable)} selects no parameter of this model: nothing would train")
+        raise ConfigError(
+            f"train.trainable={tuple(trainable)} selects no parameter of this model: nothing would train"
+        )
     return out
 
 
@@ -69,8 +75,9 @@ def make_optimizer(t) -> optax.GradientTransformationExtraArgs:
     return adamw(make_schedule(t), b1=t.b1, b2=t.b2, eps=t.eps, weight_decay=t.weight_decay)
 
 
-def adamw(schedule: optax.Schedule, b1: float, b2: float, eps: float,
-          weight_decay: float = 0.0) -> optax.GradientTransformationExtraArgs:
+def adamw(
+    schedule: optax.Schedule, b1: float, b2: float, eps: float, weight_decay: float = 0.0
+) -> optax.GradientTransformationExtraArgs:
     """optax's AdamW (scale_by_adam -> add_decayed_weights(mask) -> scale_by_learning_rate, same maths and the
     same ScaleByAdamState), written as one transformation so the update runs in place.
 
@@ -83,27 +90,37 @@ def adamw(schedule: optax.Schedule, b1: float, b2: float, eps: float,
     parameters (the updates of such a step are not meaningful). Global-norm clipping happens in the step
     (train/step.py), which needs the norm for its metrics anyway.
     """
+
     def init(params):
-        return optax.ScaleByAdamState(count=jnp.zeros([], jnp.int32), mu=jax.tree.map(jnp.zeros_like, params),
-                                      nu=jax.tree.map(jnp.zeros_like, params))
+        return optax.ScaleByAdamState(
+            count=jnp.zeros([], jnp.int32),
+            mu=jax.tree.map(jnp.zeros_like, params),
+            nu=jax.tree.map(jnp.zeros_like, params),
+        )
 
     def update(grads, state, params=None, *, ok=True, **_):
         if weight_decay and params is None:
             raise ValueError("adamw with weight decay needs the parameters")
         ok = jnp.asarray(ok, bool)
         mu = jax.tree.map(lambda g, m: jnp.where(ok, (1 - b1) * g + b1 * m, m), grads, state.mu)
-        nu = jax.tree.map(lambda g, v: jnp.where(ok, (1 - b2) * jnp.square(g) + b2 * v, v), grads, state.nu)
+        nu = jax.tree.map(
+            lambda g, v: jnp.where(ok, (1 - b2) * jnp.square(g) + b2 * v, v), grads, state.nu
+        )
         lr = schedule(state.count)
         count = state.count + ok.astype(jnp.int32)
-        c = jnp.maximum(count, 1).astype(jnp.float32)  # a skipped first step must not divide by zero
-        bc1, bc2 = 1 - b1 ** c, 1 - b2 ** c
-        decay = _decay_mask(grads) if weight_decay else {k: False for k in grads}
+        # a skipped first step must not divide by zero
+        c = jnp.maximum(count, 1).astype(jnp.float32)
+        bc1, bc2 = 1 - b1**c, 1 - b2**c
+        decay = _decay_mask(grads) if weight_decay else dict.fromkeys(grads, False)
 
         def one(k):
-            u = (mu[k] / bc1.astype(mu[k].dtype)) / (jnp.sqrt(nu[k] / bc2.astype(nu[k].dtype)) + eps)
+            u = (mu[k] / bc1.astype(mu[k].dtype)) / (
+                jnp.sqrt(nu[k] / bc2.astype(nu[k].dtype)) + eps
+            )
             if decay[k]:
                 u = u + weight_decay * params[k]
             return (-lr * u).astype(grads[k].dtype)
+
         return {k: one(k) for k in grads}, optax.ScaleByAdamState(count=count, mu=mu, nu=nu)
 
     return optax.GradientTransformationExtraArgs(init, update)

@@ -7,6 +7,7 @@ optax's init) become NamedShardings by parallel/rules.py; init then runs under j
 out_shardings, so no host ever materialises the full state. The same abstract state is the restore
 target for checkpoints and the input of AOT compiles.
 """
+
 from __future__ import annotations
 
 from typing import Any
@@ -27,13 +28,16 @@ from dsvl_jax.train.schedules import make_schedule
 @flax.struct.dataclass
 class TrainState:
     step: jax.Array
-    params: Any      # nested dict, all parameters
-    opt_state: Any   # optax state over the trainable flat dict
+    params: Any  # nested dict, all parameters
+    opt_state: Any  # optax state over the trainable flat dict
 
 
 def split_trainable(params: Any, trainable: set[str]) -> tuple[dict, dict]:
     flat = flatten(params)
-    return ({k: v for k, v in flat.items() if k in trainable}, {k: v for k, v in flat.items() if k not in trainable})
+    return (
+        {k: v for k, v in flat.items() if k in trainable},
+        {k: v for k, v in flat.items() if k not in trainable},
+    )
 
 
 class StateFactory:
@@ -48,18 +52,27 @@ class StateFactory:
         self.abstract = nn.meta.unbox(abstract_boxed)
         logical = nn.get_partition_spec(abstract_boxed)
         self.shardings = logical_to_shardings(logical, self.abstract, mesh, rules)
-        check_replication(jax.tree.map(lambda s: s.spec, self.shardings.params), self.abstract.params, mesh,
-                          replicate_max_elems)
+        check_replication(
+            jax.tree.map(lambda s: s.spec, self.shardings.params),
+            self.abstract.params,
+            mesh,
+            replicate_max_elems,
+        )
 
     def abstract_sharded(self) -> TrainState:
         """The state as ShapeDtypeStructs carrying their shardings (restore targets, AOT compiles)."""
-        return jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), self.abstract,
-                            self.shardings)
+        return jax.tree.map(
+            lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
+            self.abstract,
+            self.shardings,
+        )
 
     def _init_boxed(self, rng) -> TrainState:
         params = init_boxed(self.cfg, rng)
         train = {k: v for k, v in flatten(params).items() if k in self.trainable}
-        return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=self.tx.init(train))
+        return TrainState(
+            step=jnp.zeros((), jnp.int32), params=params, opt_state=self.tx.init(train)
+        )
 
     def init(self, rng: jax.Array) -> TrainState:
         """Random init, created directly sharded."""

@@ -8,6 +8,7 @@ Batch (global arrays, leading axis = sequences, sharded over the act_batch mesh 
 Loss = (sum of token CE + z_loss * logZ^2 over loss_mask) / (number of loss tokens in the whole batch),
 so accumulation over micro-batches is exactly the full-batch gradient.
 """
+
 from __future__ import annotations
 
 from typing import Any
@@ -18,21 +19,34 @@ import jax.numpy as jnp
 import optax
 
 from dsvl_jax.data.preprocess import image_spec, normalize_batch
+from dsvl_jax.errors import ConfigError
 from dsvl_jax.model.config import ModelConfig
+from dsvl_jax.model.llm import head_kernel
 from dsvl_jax.model.params import unflatten
 from dsvl_jax.model.vlm import DeepseekVL
 from dsvl_jax.parallel.sharding import batch_sharding
-from dsvl_jax.train.loss import cross_entropy, head_cross_entropy, head_weight
+from dsvl_jax.train.loss import cross_entropy, head_cross_entropy
 from dsvl_jax.train.state import StateFactory, TrainState, split_trainable
 
+
 def _forward(cfg: ModelConfig, params: Any, mb: dict, output: str = "logits") -> jax.Array:
-    if mb.get("pixels") is not None and mb["pixels"].dtype == jnp.uint8:  # loader batches: normalise on device
+    # loader batches: normalise on device
+    if mb.get("pixels") is not None and mb["pixels"].dtype == jnp.uint8:
         mb = normalize_batch(mb, image_spec(cfg))
-    return DeepseekVL(cfg).apply({"params": params}, mb["ids"], mb["positions"], mb["segments"],
-                                 pixels=mb.get("pixels"), high_pixels=mb.get("high_pixels"), output=output)[0]
+    return DeepseekVL(cfg).apply(
+        {"params": params},
+        mb["ids"],
+        mb["positions"],
+        mb["segments"],
+        pixels=mb.get("pixels"),
+        high_pixels=mb.get("high_pixels"),
+        output=output,
+    )[0]
 
 
-def loss_sums(train: dict, frozen: dict, mb: dict, cfg: ModelConfig, z_loss: float, loss_chunk: int = 0):
+def loss_sums(
+    train: dict, frozen: dict, mb: dict, cfg: ModelConfig, z_loss: float, loss_chunk: int = 0
+):
     """(sum of weighted loss, aux sums) for one micro-batch.
 
     loss_chunk > 0 applies the output head inside the loss, `loss_chunk` tokens at a time
@@ -43,8 +57,10 @@ def loss_sums(train: dict, frozen: dict, mb: dict, cfg: ModelConfig, z_loss: flo
         h = _forward(cfg, params, mb, output="hidden")
         n = h.shape[0] * h.shape[1]
         if n % loss_chunk:
-            raise ValueError(f"train.loss_chunk={loss_chunk} must divide the tokens per micro-batch ({n})")
-        w = head_weight(params, cfg.llm.tie_embeddings).astype(h.dtype)
+            raise ConfigError(
+                f"train.loss_chunk={loss_chunk} must divide the tokens per micro-batch ({n})"
+            )
+        w = head_kernel(params, cfg.llm.tie_embeddings).astype(h.dtype)
         ce, logz = head_cross_entropy(h.reshape(n, -1), w, mb["targets"].reshape(n), loss_chunk)
         ce, logz = ce.reshape(mb["targets"].shape), logz.reshape(mb["targets"].shape)
     else:
@@ -56,14 +72,24 @@ def loss_sums(train: dict, frozen: dict, mb: dict, cfg: ModelConfig, z_loss: flo
 
 def _microbatches(batch: dict, m: int) -> dict:
     """[B, ...] -> [M, B/M, ...] taking rows j*M + i into micro-batch i, so every device keeps its own rows."""
+
     def split(x):
         x = x.reshape(x.shape[0] // m, m, *x.shape[1:]).swapaxes(0, 1)
         return nn.with_logical_constraint(x, (None, "act_batch") + (None,) * (x.ndim - 2))
+
     return jax.tree.map(split, batch)
 
 
-def train_step(state: TrainState, batch: dict, *, cfg: ModelConfig, t, tx: optax.GradientTransformation,
-               schedule: optax.Schedule, trainable: frozenset[str]) -> tuple[TrainState, dict]:
+def train_step(
+    state: TrainState,
+    batch: dict,
+    *,
+    cfg: ModelConfig,
+    t,
+    tx: optax.GradientTransformation,
+    schedule: optax.Schedule,
+    trainable: frozenset[str],
+) -> tuple[TrainState, dict]:
     train, frozen = split_trainable(state.params, trainable)
     total = jnp.maximum(jnp.sum(batch["loss_mask"].astype(jnp.float32)), 1.0)
     grad_fn = jax.grad(loss_sums, has_aux=True)
@@ -71,10 +97,15 @@ def train_step(state: TrainState, batch: dict, *, cfg: ModelConfig, t, tx: optax
     if m == 1:
         grads, aux = grad_fn(train, frozen, batch, cfg, t.z_loss, chunk)
     else:
+
         def body(acc, mb):
             g, a = grad_fn(train, frozen, mb, cfg, t.z_loss, chunk)
             return jax.tree.map(jnp.add, acc, (g, a)), None
-        zeros = (jax.tree.map(jnp.zeros_like, train), {"ce_sum": jnp.zeros(()), "z_sum": jnp.zeros(())})
+
+        zeros = (
+            jax.tree.map(jnp.zeros_like, train),
+            {"ce_sum": jnp.zeros(()), "z_sum": jnp.zeros(())},
+        )
         (grads, aux), _ = jax.lax.scan(body, zeros, _microbatches(batch, m))
     gnorm = optax.global_norm(grads) / total
     # Normalise by the token count and clip to train.clip_norm in one scale (fused into the update).
@@ -90,9 +121,17 @@ def train_step(state: TrainState, batch: dict, *, cfg: ModelConfig, t, tx: optax
     train = jax.tree.map(lambda p, u: jnp.where(ok, p + u.astype(p.dtype), p), train, updates)
     params = unflatten({**train, **frozen})
     lr = schedule(state.step)
-    metrics = {"loss": aux["ce_sum"] / total, "z_loss": aux["z_sum"] / total, "grad_norm": gnorm,
-               "tokens": total, "learning_rate": lr, "skipped": 1 - ok.astype(jnp.int32)}
-    return TrainState(step=state.step + ok.astype(jnp.int32), params=params, opt_state=opt_state), metrics
+    metrics = {
+        "loss": aux["ce_sum"] / total,
+        "z_loss": aux["z_sum"] / total,
+        "grad_norm": gnorm,
+        "tokens": total,
+        "learning_rate": lr,
+        "skipped": 1 - ok.astype(jnp.int32),
+    }
+    return TrainState(
+        step=state.step + ok.astype(jnp.int32), params=params, opt_state=opt_state
+    ), metrics
 
 
 def batch_shardings(factory: StateFactory, batch_like: dict) -> dict:
@@ -110,8 +149,15 @@ class CompiledStep:
 
         def step(state, batch):
             self.compiles += 1
-            return train_step(state, batch, cfg=factory.cfg, t=factory.t, tx=factory.tx, schedule=factory.schedule,
-                              trainable=frozenset(factory.trainable))
+            return train_step(
+                state,
+                batch,
+                cfg=factory.cfg,
+                t=factory.t,
+                tx=factory.tx,
+                schedule=factory.schedule,
+                trainable=frozenset(factory.trainable),
+            )
 
         self._step = step
         self._jitted: dict = {}
@@ -120,9 +166,12 @@ class CompiledStep:
         sig = tuple(sorted((k, v.shape) for k, v in batch.items()))
         if sig not in self._jitted:
             rep = jax.sharding.NamedSharding(self.factory.mesh, jax.sharding.PartitionSpec())
-            self._jitted[sig] = jax.jit(self._step, in_shardings=(self.factory.shardings,
-                                                                   batch_shardings(self.factory, batch)),
-                                        out_shardings=(self.factory.shardings, rep), donate_argnums=0)
+            self._jitted[sig] = jax.jit(
+                self._step,
+                in_shardings=(self.factory.shardings, batch_shardings(self.factory, batch)),
+                out_shardings=(self.factory.shardings, rep),
+                donate_argnums=0,
+            )
         return self._jitted[sig]
 
     def __call__(self, state: TrainState, batch: dict) -> tuple[TrainState, dict]:

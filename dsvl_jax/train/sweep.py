@@ -1,22 +1,28 @@
-"""Sweep grids and result tables (pure logic; the command is dsvl_jax/cli/sweep.py).
+"""Sweeps: grid expansion, running the points (one `train` process each), and the results table.
 
 A grid is `key=v1,v2 key2=v3,v4` (space-separated dimensions, comma-separated values; keys are config
 paths such as `train.lr`). Its points are the cartesian product in the order given; each point runs in
 its own workdir named `key=value,key2=value` and passes `--config.key=value` to the train command, so the
 values are parsed by the config's own field types. Results come from each run's metrics.jsonl.
 """
+
 from __future__ import annotations
 
 import csv
+import dataclasses
 import io
 import itertools
 import math
 import os
 import re
+import shlex
+import subprocess
 import sys
-from typing import Sequence
+import time
+from collections.abc import Callable, Sequence
 
-from dsvl_jax.train.logger import read_metrics
+from dsvl_jax.errors import ConfigError
+from dsvl_jax.train.logger import METRICS_FILE, read_metrics
 
 Point = dict[str, str]
 
@@ -26,7 +32,7 @@ TRAIN_COLUMNS = ("step", "loss", "grad_norm", "tokens_per_s", "step_s", "mfu", "
 EVAL_PREFIX = "eval"
 
 
-class GridError(ValueError):
+class GridError(ConfigError):
     """A malformed grid string or a key the config does not have."""
 
 
@@ -69,16 +75,24 @@ def point_name(point: Point) -> str:
     return ",".join(f"{k}={v}" for k, v in point.items()).replace(os.sep, "_")
 
 
-def train_command(config_args: Sequence[str], point: Point, workdir: str, python: str = sys.executable) -> list[str]:
+def train_command(
+    config_args: Sequence[str], point: Point, workdir: str, python: str = sys.executable
+) -> list[str]:
     """argv of one point: the base --config/--config.* flags, then the point's overrides (which win)."""
-    return [python, "-m", "dsvl_jax.train", *config_args, *(f"--config.{k}={v}" for k, v in point.items()),
-            f"--workdir={workdir}"]
+    return [
+        python,
+        "-m",
+        "dsvl_jax.train",
+        *config_args,
+        *(f"--config.{k}={v}" for k, v in point.items()),
+        f"--workdir={workdir}",
+    ]
 
 
 def read_results(workdir: str) -> dict:
     """Final metrics of one run: TRAIN_COLUMNS from the last training record, eval* fields from the last
     records that have them. Empty when the run wrote nothing."""
-    path = os.path.join(workdir, "metrics.jsonl")
+    path = os.path.join(workdir, METRICS_FILE)
     out: dict = {}
     if not os.path.exists(path):
         return out
@@ -121,3 +135,60 @@ def to_markdown(points: Sequence[Point], rows: Sequence[dict]) -> str:
     lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
     lines += ["| " + " | ".join(_fmt(m.get(c)) for c in cols) + " |" for m in merged]
     return "\n".join(lines) + "\n"
+
+
+@dataclasses.dataclass
+class SweepResult:
+    points: list[Point]
+    rows: list[dict]  # per point: status ("ok", "done", "failed rc=N") + read_results
+    csv: str
+    markdown: str
+
+    @property
+    def ok(self) -> int:
+        return sum(r["status"] in ("ok", "done") for r in self.rows)
+
+
+def run_local(
+    points: Sequence[Point],
+    config_args: Sequence[str],
+    workdir: str,
+    *,
+    rerun: bool = False,
+    say: Callable[[str], None] = print,
+) -> SweepResult:
+    """Run the points one after another on this machine, each as `python -m dsvl_jax.train` with its
+    output in <workdir>/<point>/train.log; a point whose workdir already has final/ is kept (a sweep
+    resumes where it stopped) unless `rerun`. Writes commands.sh, results.csv and results.md."""
+    root = os.path.abspath(workdir)
+    os.makedirs(root, exist_ok=True)
+    workdirs = [os.path.join(root, point_name(p)) for p in points]
+    cmds = [train_command(config_args, p, wd) for p, wd in zip(points, workdirs)]
+    with open(os.path.join(root, "commands.sh"), "w") as f:
+        f.write("".join(shlex.join(c) + "\n" for c in cmds))
+    rows = []
+    for i, (p, wd, cmd) in enumerate(zip(points, workdirs, cmds)):
+        name = point_name(p)
+        if os.path.isdir(os.path.join(wd, "final")) and not rerun:
+            say(f"[{i + 1}/{len(points)}] {name}: done before, skipped (--rerun to run again)")
+            rows.append({"status": "done", **read_results(wd)})
+            continue
+        os.makedirs(wd, exist_ok=True)
+        say(f"[{i + 1}/{len(points)}] {name}")
+        start = time.perf_counter()
+        with open(os.path.join(wd, "train.log"), "w") as log:
+            rc = subprocess.call(cmd, stdout=log, stderr=subprocess.STDOUT)
+        res = read_results(wd)
+        status = "ok" if rc == 0 else f"failed rc={rc}"
+        rows.append({"status": status, **res})
+        where = "" if rc == 0 else f" (see {os.path.join(wd, 'train.log')})"
+        say(
+            f"    {status} in {time.perf_counter() - start:.0f} s: loss {res.get('loss')}, "
+            f"step {res.get('step')}{where}"
+        )
+    csv_path, md_path = os.path.join(root, "results.csv"), os.path.join(root, "results.md")
+    with open(csv_path, "w") as f:
+        f.write(to_csv(points, rows))
+    with open(md_path, "w") as f:
+        f.write(to_markdown(points, rows))
+    return SweepResult(list(points), rows, csv_path, md_path)

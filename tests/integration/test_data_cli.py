@@ -1,22 +1,19 @@
 """`python -m dsvl_jax.data prepare|generate|inspect` as a user types it (one subprocess per command)."""
+
 import glob
 import json
 import os
-import subprocess
-import sys
 
 import numpy as np
 from PIL import Image
 
 from dsvl_jax.data import records, shards
 
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import commands
 
 
 def _data_cli(*args, ok=True):
-    env = dict(os.environ, PYTHONPATH=ROOT, JAX_PLATFORMS="cpu")
-    p = subprocess.run([sys.executable, "-m", "dsvl_jax.data", *args], cwd=ROOT, env=env, capture_output=True,
-                       text=True, timeout=300)
+    p = commands.run("data", *args, timeout=300)
     assert (p.returncode == 0) == ok, p.stderr[-3000:]
     return p
 
@@ -25,13 +22,24 @@ def test_prepare_llava_with_report_and_skip_cap(tmp_path):
     img = tmp_path / "imgs"
     img.mkdir()
     Image.fromarray(np.full((12, 20, 3), 200, np.uint8)).save(img / "a.png")
-    conv = [{"from": "human", "value": "<image>\nWhat colour?"}, {"from": "gpt", "value": "Light grey."}]
-    data = [{"id": "ok1", "image": "a.png", "conversations": conv},
-            {"id": "ok2", "image": "a.png", "conversations": conv},
-            {"id": "lost", "image": "lost.png", "conversations": conv}]
+    conv = [
+        {"from": "human", "value": "<image>\nWhat colour?"},
+        {"from": "gpt", "value": "Light grey."},
+    ]
+    data = [
+        {"id": "ok1", "image": "a.png", "conversations": conv},
+        {"id": "ok2", "image": "a.png", "conversations": conv},
+        {"id": "lost", "image": "lost.png", "conversations": conv},
+    ]
     (tmp_path / "llava.json").write_text(json.dumps(data))
-    args = ["prepare", "--format=llava", f"--input={tmp_path / 'llava.json'}", f"--images={img}",
-            f"--out={tmp_path / 'out'}", f"--report={tmp_path / 'report.json'}"]
+    args = [
+        "prepare",
+        "--format=llava",
+        f"--input={tmp_path / 'llava.json'}",
+        f"--images={img}",
+        f"--out={tmp_path / 'out'}",
+        f"--report={tmp_path / 'report.json'}",
+    ]
 
     p = _data_cli(*args, "--max_skip_rate=0.2", ok=False)  # 1 of 3 bad: above the cap, clear error
     assert str(tmp_path / "llava.json") in p.stderr and "33.3%" in p.stderr and "20.0%" in p.stderr
@@ -42,7 +50,9 @@ def test_prepare_llava_with_report_and_skip_cap(tmp_path):
     rep = json.loads((tmp_path / "report.json").read_text())
     assert rep["written"] == 2 and rep["skipped"] == {"image_missing": 1}
     assert [(s["id"], s["reason"]) for s in rep["skipped_ids"]] == [("lost", "image_missing")]
-    assert glob.glob(str(tmp_path / "out" / "dsvl_imported" / "1.0.0" / "dsvl_imported-train.array_record-*"))
+    assert glob.glob(
+        str(tmp_path / "out" / "dsvl_imported" / "1.0.0" / "dsvl_imported-train.array_record-*")
+    )
     src = shards.open_source(str(tmp_path / "out"))
     assert [src[i].id for i in range(len(src))] == ["ok1", "ok2"]
     assert src[0].images == ((img / "a.png").read_bytes(),)
@@ -50,14 +60,22 @@ def test_prepare_llava_with_report_and_skip_cap(tmp_path):
 
 def test_generate_all_kinds_then_inspect(tmp_path):
     out = tmp_path / "corpus"
-    p = _data_cli("generate", "--n=2", "--seed=3", "--image_size=64", f"--out={out}", "--tokenizer_vocab=400")
+    p = _data_cli(
+        "generate", "--n=2", "--seed=3", "--image_size=64", f"--out={out}", "--tokenizer_vocab=400"
+    )
     assert "generated 7 corpora" in p.stdout
     assert "image token id 4" in p.stdout and (out / "tokenizer.model").exists()
     from dsvl_jax.data.tokenizer import load_tokenizer
+
     tok = load_tokenizer(str(out / "tokenizer.model"))
-    assert tok.decode(tok.encode("Which fruit has the largest value?")) == "Which fruit has the largest value?"
+    assert (
+        tok.decode(tok.encode("Which fruit has the largest value?"))
+        == "Which fruit has the largest value?"
+    )
     sources = shards.open_sources(str(out))
-    assert sorted(os.path.dirname(os.path.dirname(k)) for k in sources) == sorted(f"dsvl_{k}" for k in records.KINDS)
+    assert sorted(os.path.dirname(os.path.dirname(k)) for k in sources) == sorted(
+        f"dsvl_{k}" for k in records.KINDS
+    )
     for name, src in sources.items():
         assert name.endswith("n2_seed3_px64/1.0.0") and len(src) == 2
         ex = src[1]

@@ -1,39 +1,53 @@
 """`python -m dsvl_jax.launch_local`: N local CPU processes joined by jax.distributed run one training."""
+
 import json
-import os
-import subprocess
-import sys
 
-from dsvl_jax.cli.launch_local import process_env
+from dsvl_jax.parallel.local_launch import process_env
 
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import commands
 
 
 def _corpus(out) -> str:
-    env = dict(os.environ, PYTHONPATH=ROOT, JAX_PLATFORMS="cpu")
-    p = subprocess.run([sys.executable, "-m", "dsvl_jax.data", "generate", "--kinds", "caption,ocr", "--n", "16",
-                        "--image_size", "64", "--out", str(out), "--tokenizer_vocab", "400"], cwd=ROOT, env=env,
-                       capture_output=True, text=True, timeout=300)
-    assert p.returncode == 0, p.stderr[-3000:]
-    return str(out)
+    return commands.make_corpus(out)
 
 
 def test_process_env_sets_rank_and_device_count():
-    env = process_env({"XLA_FLAGS": "--xla_force_host_platform_device_count=8 --xla_foo=1", "DSVL_DISTRIBUTED": "auto"},
-                      1, 2, 1234, 3)
-    assert (env["DSVL_COORDINATOR"], env["DSVL_NUM_PROCESSES"], env["DSVL_PROCESS_ID"]) == ("127.0.0.1:1234", "2", "1")
+    env = process_env(
+        {
+            "XLA_FLAGS": "--xla_force_host_platform_device_count=8 --xla_foo=1",
+            "DSVL_DISTRIBUTED": "auto",
+        },
+        1,
+        2,
+        1234,
+        3,
+    )
+    assert (env["DSVL_COORDINATOR"], env["DSVL_NUM_PROCESSES"], env["DSVL_PROCESS_ID"]) == (
+        "127.0.0.1:1234",
+        "2",
+        "1",
+    )
     assert env["XLA_FLAGS"].split() == ["--xla_foo=1", "--xla_force_host_platform_device_count=3"]
     assert "DSVL_DISTRIBUTED" not in env and env["JAX_PLATFORMS"] == "cpu"
 
 
 def test_two_processes_train_tiny_stage1_and_agree(tmp_path):
     data, wd = _corpus(tmp_path / "corpus"), tmp_path / "run"
-    env = dict(os.environ, PYTHONPATH=ROOT)
-    cmd = [sys.executable, "-m", "dsvl_jax.launch_local", "--procs=2", "--devices_per_proc=2",
-           f"--log_dir={tmp_path / 'logs'}", "--", "train", "--config=experiments/stage1_aligner.py:tiny",
-           f"--workdir={wd}", f"--config.data_root={data}", "--config.train.steps=3", "--config.log.every_steps=1",
-           "--config.checkpoint.every_steps=2"]
-    p = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
+    p = commands.run(
+        "launch_local",
+        "--procs=2",
+        "--devices_per_proc=2",
+        f"--log_dir={tmp_path / 'logs'}",
+        "--",
+        "train",
+        "--config=experiments/stage1_aligner.py:tiny",
+        f"--workdir={wd}",
+        f"--config.data_root={data}",
+        "--config.train.steps=3",
+        "--config.log.every_steps=1",
+        "--config.checkpoint.every_steps=2",
+        timeout=900,
+    )
     assert p.returncode == 0, p.stdout[-5000:]
     assert "[p0] " in p.stdout and "[p1] " in p.stdout
     res = json.loads(p.stdout.strip().splitlines()[-1])
@@ -52,10 +66,16 @@ def test_two_processes_train_tiny_stage1_and_agree(tmp_path):
 
 
 def test_a_failing_process_stops_the_launch(tmp_path):
-    env = dict(os.environ, PYTHONPATH=ROOT)
-    p = subprocess.run([sys.executable, "-m", "dsvl_jax.launch_local", "--procs=2", "--", "train",
-                        "--config=experiments/stage1_aligner.py:tiny", f"--workdir={tmp_path}",
-                        "--config.train.steps=0"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    p = commands.run(
+        "launch_local",
+        "--procs=2",
+        "--",
+        "train",
+        "--config=experiments/stage1_aligner.py:tiny",
+        f"--workdir={tmp_path}",
+        "--config.train.steps=0",
+        timeout=300,
+    )
     res = json.loads(p.stdout.strip().splitlines()[-1])
     assert p.returncode == 2 and res["returncodes"] == [2, 2], p.stdout[-3000:]
     assert "train.steps=0" in p.stdout

@@ -1,5 +1,8 @@
 """The training program: exact resume after kill -9, resume on another mesh, NaN steps, stage freezing,
-config errors before compile. One tiny corpus for the module; tiny steps."""
+config errors before compile. One tiny corpus for the module; tiny steps. Every run goes through the
+public entry (`train(cfg, workdir)`, what the command calls); faults (NaN batches, SIGTERM) are injected
+by wrapping the input pipeline it draws from."""
+
 import os
 import signal
 import subprocess
@@ -9,19 +12,29 @@ import time
 import numpy as np
 import pytest
 
-from dsvl_jax.cli.demo import stage_config
-from dsvl_jax.data import builders, records, shards, tokenizer
+from dsvl_jax.checkpoints import CheckpointError, RunCheckpoints, load_model, open_model
+from dsvl_jax.config import load_experiment
+from dsvl_jax.data import builders, pipeline, records, shards, tokenizer
+from dsvl_jax.errors import ConfigError, Preempted
 from dsvl_jax.model.params import flatten
-from dsvl_jax.train.checkpoint import load_params
 from dsvl_jax.train.logger import read_metrics
 from dsvl_jax.train.loop import RunError, train
+
+import commands
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 STAGES = {1: "stage1_aligner", 2: "stage2_pretrain", 3: "stage3_sft"}
 # the same run as _cfg(stage=2), typed on the command line
-CLI_OVERRIDES = ["--config.train.batch_size=8", "--config.train.seq_len=96", "--config.train.images_per_sample=1",
-                 "--config.data.modality_warmup_steps=4", "--config.checkpoint.every_steps=3",
-                 "--config.log.every_steps=1", "--config.log.progress=False", "--config.eval.every_steps=0"]
+CLI_OVERRIDES = [
+    "--config.train.batch_size=8",
+    "--config.train.seq_len=96",
+    "--config.train.images_per_sample=1",
+    "--config.data.modality_warmup_steps=4",
+    "--config.checkpoint.every_steps=3",
+    "--config.log.every_steps=1",
+    "--config.log.progress=False",
+    "--config.eval.every_steps=0",
+]
 
 
 @pytest.fixture(scope="module")
@@ -36,12 +49,53 @@ def data_root(tmp_path_factory):
 
 def _cfg(data_root, stage=2, steps=8, **train):
     """experiments/<stage>.py:tiny with CLI_OVERRIDES applied."""
-    c = stage_config(STAGES[stage], "tiny", os.path.join(ROOT, "experiments")).unlock()
+    c = load_experiment(os.path.join(ROOT, "experiments", f"{STAGES[stage]}.py"), "tiny").unlock()
     c.data_root = data_root
     c.train.update(dict(steps=steps, batch_size=8, seq_len=96, images_per_sample=1), **train)
     c.data.modality_warmup_steps = 4
     c.checkpoint.every_steps, c.log.every_steps, c.log.progress, c.eval.every_steps = 3, 1, False, 0
     return c
+
+
+class _FaultyIterator:
+    """The loop's batch iterator with faults: NaN loss masks at the given draws (0-based), SIGTERM to this
+    process while drawing the batch of step `sigterm_at` (the loop then checkpoints that step)."""
+
+    def __init__(self, it, nan_at=(), sigterm_at=None):
+        self.it, self.nan_at, self.sigterm_at, self.drawn = it, set(nan_at), sigterm_at, 0
+
+    def __iter__(self):
+        return self
+
+    def __next__(self):
+        batch, k = next(self.it), self.drawn
+        self.drawn += 1
+        if k in self.nan_at:
+            batch = dict(batch, loss_mask=batch["loss_mask"] * np.float32("nan"))
+        if self.sigterm_at == k + 1:
+            os.kill(os.getpid(), signal.SIGTERM)
+        return batch
+
+    def __getattr__(self, name):  # get_state / set_state / stats: the real iterator's
+        return getattr(self.it, name)
+
+
+@pytest.fixture
+def faults(monkeypatch):
+    """faults(nan_at=..., sigterm_at=...): the next train() in this test draws from a _FaultyIterator."""
+    real = pipeline.build
+
+    def inject(**kw):
+        class Faulty:
+            def __init__(self, ds):
+                self.ds = ds
+
+            def __iter__(self):
+                return _FaultyIterator(iter(self.ds), **kw)
+
+        monkeypatch.setattr(pipeline, "build", lambda *a, **k: Faulty(real(*a, **k)))
+
+    return inject
 
 
 @pytest.fixture(scope="module")
@@ -54,7 +108,11 @@ def ref_run(data_root, tmp_path_factory):
 
 
 def _losses(workdir):
-    return {r["step"]: r["loss"] for r in read_metrics(os.path.join(workdir, "metrics.jsonl")) if "loss" in r}
+    return {
+        r["step"]: r["loss"]
+        for r in read_metrics(os.path.join(workdir, "metrics.jsonl"))
+        if "loss" in r
+    }
 
 
 def _run_until(cmd, env, work, step, sig):
@@ -72,15 +130,25 @@ def _run_until(cmd, env, work, step, sig):
     return p.returncode, out
 
 
-def test_kill_9_then_restart_continues_bit_for_bit_and_sigterm_checkpoints(data_root, ref_run, tmp_path):
+def test_kill_9_then_restart_continues_bit_for_bit_and_sigterm_checkpoints(
+    data_root, ref_run, tmp_path
+):
     """kill -9 after the step-3 checkpoint, restart: every loss after the restart equals the uninterrupted
     run's bit for bit (same data order, same state). That restart is then preempted (SIGTERM): it saves a
     checkpoint at the step it reached and exits 143."""
     want = ref_run["losses"]
     assert sorted(want) == list(range(1, 11))
     work = tmp_path / "interrupted"
-    cmd = [sys.executable, "-m", "dsvl_jax.train", "--config=experiments/stage2_pretrain.py:tiny",
-           f"--workdir={work}", f"--config.data_root={data_root}", "--config.train.steps=10", *CLI_OVERRIDES]
+    cmd = [
+        sys.executable,
+        "-m",
+        "dsvl_jax.train",
+        "--config=experiments/stage2_pretrain.py:tiny",
+        f"--workdir={work}",
+        f"--config.data_root={data_root}",
+        "--config.train.steps=10",
+        *CLI_OVERRIDES,
+    ]
     env = dict(os.environ, PYTHONPATH=ROOT)
     rc, out = _run_until(cmd, env, work, 4, signal.SIGKILL)
     assert rc == -signal.SIGKILL, out[-3000:]
@@ -96,85 +164,114 @@ def test_kill_9_then_restart_continues_bit_for_bit_and_sigterm_checkpoints(data_
         assert got[s] == want[s], (s, got[s], want[s])  # bit for bit (floats written with repr)
 
 
-def test_resume_on_another_mesh(data_root, ref_run, tmp_path):
-    """Checkpoint on a (2,2,2) mesh, continue on (8,1,1): the losses follow the reference run (fsdp 8)."""
+def test_resume_on_another_mesh(data_root, ref_run, tmp_path, faults, monkeypatch):
+    """Preempted (SIGTERM) at step 4 on a (2,2,2) mesh, continue on (8,1,1): the losses follow the reference
+    run (fsdp 8)."""
     a = _cfg(data_root, steps=10)
     a.parallel.ici = dict(data=2, fsdp=2, tensor=2)
-    train(a, str(tmp_path / "run"), stop_at=4)
+    faults(sigterm_at=4)
+    with pytest.raises(Preempted, match="SIGTERM at step 4"):
+        train(a, str(tmp_path / "run"))
+    monkeypatch.undo()
     assert not (tmp_path / "run" / "final").exists()
+    assert RunCheckpoints(str(tmp_path / "run" / "checkpoints")).all_steps()[-1] == 4
     b = _cfg(data_root, steps=10)
     b.parallel.ici = dict(data=8, fsdp=1, tensor=1)
     res = train(b, str(tmp_path / "run"))
     got = _losses(tmp_path / "run")
     assert sorted(got) == list(range(1, 11)) and res.final_dir
-    np.testing.assert_allclose([got[s] for s in range(1, 11)], [ref_run["losses"][s] for s in range(1, 11)], rtol=2e-5,
-                               atol=2e-5)
+    np.testing.assert_allclose(
+        [got[s] for s in range(1, 11)],
+        [ref_run["losses"][s] for s in range(1, 11)],
+        rtol=2e-5,
+        atol=2e-5,
+    )
 
 
-def test_nan_batches_are_skipped_and_a_run_of_them_stops_the_run(data_root, tmp_path):
+def test_nan_batches_are_skipped_and_a_run_of_them_stops_the_run(data_root, tmp_path, faults):
     """A NaN batch at step 2 is skipped and training goes on; the checkpoint after it is finite; two in a
     row (steps 5 and 6, train.max_bad_steps=2) stop the run with the reason."""
     import jax
+
     from dsvl_jax.model.config import model_config_from_dict
     from dsvl_jax.parallel.mesh import build_mesh
     from dsvl_jax.parallel.rules import rules_from_config
-    from dsvl_jax.train.run_checkpoints import RunCheckpoints
     from dsvl_jax.train.state import StateFactory
 
     c = _cfg(data_root, steps=8, max_bad_steps=2)
+    faults(nan_at=(1, 4, 5))  # draws are 0-based: steps 2, 5 and 6
     with pytest.raises(RunError, match="2 non-finite steps in a row .last: step 6"):
-        train(c, str(tmp_path / "run"), fail_at_steps=(1, 4, 5))  # loop steps are 0-based: metrics 2, 5, 6
+        train(c, str(tmp_path / "run"))
     recs = read_metrics(str(tmp_path / "run" / "metrics.jsonl"))
     assert [r["skipped_steps"] for r in recs][:4] == [0, 1, 1, 1]
     assert recs[1]["loss"] == "nan" and np.isfinite(recs[2]["loss"])
-    f = StateFactory(model_config_from_dict(c.model), c.train, build_mesh(c.parallel),
-                     rules_from_config(c.parallel.rules_override))
+    f = StateFactory(
+        model_config_from_dict(c.model),
+        c.train,
+        build_mesh(c.parallel),
+        rules_from_config(c.parallel.rules_override),
+    )
     abstract = f.abstract_sharded()
     ck = RunCheckpoints(str(tmp_path / "run" / "checkpoints"))
     assert ck.all_steps() == [3]
     state, meta = ck.restore(3, abstract, None)
-    assert meta["skipped_steps"] == 1 and int(state.step) == 2  # the skipped batch did not count as an update
+    # the skipped batch did not count as an update
+    assert meta["skipped_steps"] == 1 and int(state.step) == 2
     assert all(np.isfinite(np.asarray(v)).all() for v in jax.tree.leaves(state))
 
 
 def test_init_from_an_hf_folder_or_a_run_dir(data_root, ref_run, tmp_path):
-    """init_from accepts a previous run dir (its final/) and an HF save_pretrained folder: same params."""
+    """init_from takes any model folder (checkpoints.open_model, what train's init_from calls): a previous
+    run dir (its final/), its last step checkpoint, and an HF save_pretrained folder give the same params,
+    placed with the run's shardings."""
     from dsvl_jax.interop.hf_export import save_hf
     from dsvl_jax.model.config import model_config_from_dict
     from dsvl_jax.parallel.mesh import build_mesh
     from dsvl_jax.parallel.rules import rules_from_config
-    from dsvl_jax.train.loop import _load_init
     from dsvl_jax.train.state import StateFactory
 
     c = _cfg(data_root)
     mcfg = model_config_from_dict(c.model)
-    f = StateFactory(mcfg, c.train, build_mesh(c.parallel), rules_from_config(c.parallel.rules_override))
-    _, want = load_params(ref_run["final_dir"])
+    f = StateFactory(
+        mcfg, c.train, build_mesh(c.parallel), rules_from_config(c.parallel.rules_override)
+    )
+    _, want = load_model(ref_run["final_dir"])
     save_hf(str(tmp_path / "hf"), mcfg, want)
-    for src in (os.path.dirname(ref_run["final_dir"]), str(tmp_path / "hf")):
-        got = _load_init(src, mcfg, f.shardings.params)
+    run_dir = os.path.dirname(ref_run["final_dir"])
+    for src in (run_dir, os.path.join(run_dir, "checkpoints", "10"), str(tmp_path / "hf")):
+        got = open_model(src).params(mcfg, f.shardings.params)
         a, b = flatten(got), flatten(want)
-        assert a.keys() == b.keys() and all(np.array_equal(np.asarray(a[k]), np.asarray(b[k])) for k in a), src
+        assert a.keys() == b.keys() and all(
+            np.array_equal(np.asarray(a[k]), np.asarray(b[k])) for k in a
+        ), src
         assert all(a[k].sharding == s for k, s in flatten(f.shardings.params).items())
-    with pytest.raises(RunError, match="not a run dir"):
-        _load_init(str(tmp_path), mcfg, f.shardings.params)
+    with pytest.raises(CheckpointError, match="not a model folder"):
+        open_model(str(tmp_path))
 
 
 def _cli(*args):
-    return subprocess.run([sys.executable, "-m", "dsvl_jax.train", *args], cwd=ROOT, capture_output=True, text=True,
-                          env=dict(os.environ, PYTHONPATH=ROOT), timeout=120)
+    return commands.run("train", *args, timeout=120)
 
 
 def test_bad_configs_fail_with_one_line_before_compiling(data_root, tmp_path):
-    base = ["--config=experiments/stage1_aligner.py:tiny", f"--workdir={tmp_path / 'w'}",
-            f"--config.data_root={data_root}"]
+    base = [
+        "--config=experiments/stage1_aligner.py:tiny",
+        f"--workdir={tmp_path / 'w'}",
+        f"--config.data_root={data_root}",
+    ]
     p = _cli(*base, "--config.train.trainable=()")
-    assert p.returncode == 2 and p.stderr.strip().splitlines()[-1].startswith("error: train.trainable is empty")
+    assert p.returncode == 2 and p.stderr.strip().splitlines()[-1].startswith(
+        "train: error: train.trainable is empty"
+    )
     p = _cli(*base, "--config.parallel.ici.data=3")
-    assert p.returncode == 2 and "error:" in p.stderr.strip().splitlines()[-1] and "8" in p.stderr.splitlines()[-1]
+    last = p.stderr.strip().splitlines()[-1]
+    assert p.returncode == 2 and last.startswith("train: error: ") and "8" in last
     p = _cli(*base, "--config.train.bogus=1")
-    assert p.returncode != 0 and "bogus" in p.stderr
+    assert p.returncode == 2
+    assert (
+        p.stderr.strip() == "train: error: --config.train.bogus=1: the config has no field 'bogus'"
+    )
     c = _cfg(data_root, steps=2, batch_size=6)
-    with pytest.raises(RunError, match="batch_size=6 .* not divisible by the 8 batch shards"):
+    with pytest.raises(ConfigError, match="batch_size=6 .* not divisible by the 8 batch shards"):
         train(c, str(tmp_path / "x"))
     assert not (tmp_path / "w" / "checkpoints").exists()

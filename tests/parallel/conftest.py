@@ -1,4 +1,5 @@
 """Shared pieces for the sharding tests: a tiny all-trainable config and one synthetic batch."""
+
 import jax
 import pytest
 
@@ -32,5 +33,7 @@ def batch_np(tiny_model_cfg):
 
 @pytest.fixture(scope="session")
 def devices():
-    assert jax.device_count() == 8, "tests expect XLA_FLAGS=--xla_force_host_platform_device_count=8"
+    assert jax.device_count() == 8, (
+        "tests expect XLA_FLAGS=--xla_force_host_platform_device_count=8"
+    )
     return jax.devices()

@@ -1,7 +1,8 @@
 """The run both the 2-process test and its single-process reference execute."""
-import jax
 
+import jax
 from conftest import make_config
+
 from dsvl_jax.data.synthetic import synthetic_batch
 from dsvl_jax.model.config import model_config_from_dict
 from dsvl_jax.parallel import build_mesh, rules_from_config, shard_host_batch

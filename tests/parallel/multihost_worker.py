@@ -2,6 +2,7 @@
 
 Usage: python multihost_worker.py PROCESS_ID NUM_PROCESSES PORT OUT_JSON
 """
+
 import json
 import os
 import sys
@@ -14,15 +15,21 @@ def main(pid: int, n: int, port: int, out: str) -> None:
     import jax
 
     from dsvl_jax.parallel.distributed import host_rows, initialize
+
     from multihost_common import run_steps
 
     c = {"coordinator_address": f"127.0.0.1:{port}", "num_processes": n, "process_id": pid}
     assert initialize(c)
-    assert jax.process_count() == n and jax.device_count() == 4 * n and jax.local_device_count() == 4
+    assert (
+        jax.process_count() == n and jax.device_count() == 4 * n and jax.local_device_count() == 4
+    )
     losses = run_steps(rows_fn=host_rows)
     if pid == 0:
         with open(out, "w") as f:
-            json.dump({"losses": losses, "devices": jax.device_count(), "processes": jax.process_count()}, f)
+            json.dump(
+                {"losses": losses, "devices": jax.device_count(), "processes": jax.process_count()},
+                f,
+            )
     jax.distributed.shutdown()
 
 

@@ -1,4 +1,5 @@
 """The sharded train step on a fake 8-device CPU mesh."""
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -7,7 +8,14 @@ from conftest import make_config
 
 from dsvl_jax.model.config import model_config_from_dict
 from dsvl_jax.model.params import flatten
-from dsvl_jax.parallel import MeshError, ShardingError, build_mesh, per_device_bytes, rules_from_config, shard_host_batch
+from dsvl_jax.parallel import (
+    MeshError,
+    ShardingError,
+    build_mesh,
+    per_device_bytes,
+    rules_from_config,
+    shard_host_batch,
+)
 from dsvl_jax.train.state import StateFactory
 from dsvl_jax.train.step import CompiledStep, loss_sums, split_trainable
 
@@ -28,6 +36,7 @@ def _loss_and_grads(f: StateFactory, params, batch):
         total = jnp.sum(b["loss_mask"])
         (s, _), g = jax.value_and_grad(loss_sums, has_aux=True)(train, frozen, b, f.cfg, 0.0)
         return s / total, jax.tree.map(lambda x: x / total, g)
+
     with jax.set_mesh(f.mesh), nn.logical_axis_rules(f.rules):
         return jax.jit(fn)(params, batch)
 
@@ -66,7 +75,9 @@ def test_fsdp_shards_params_and_optimizer_state(devices):
     per_dev = per_device_bytes(state)
     assert len(per_dev) == 8
     worst = max(per_dev.values())
-    print(f"FSDP(8): total {total} B, per device max {worst} B = {worst / (total / 8):.3f} x total/8")
+    print(
+        f"FSDP(8): total {total} B, per device max {worst} B = {worst / (total / 8):.3f} x total/8"
+    )
     # Only 1-D norms, positions and the 3-channel patch convs stay replicated: within 10% of total/8.
     assert worst <= 1.10 * total / 8
     assert min(per_dev.values()) >= 0.95 * total / 8
@@ -105,8 +116,11 @@ def test_microbatch_accumulation_equals_full_batch(devices, batch_np):
         f = _factory(make_config(ici=(2, 2, 2), microbatches=m, warmup_steps=0))
         state = f.init(jax.random.key(0))
         state, metrics = CompiledStep(f)(state, shard_host_batch(batch_np, f.mesh, f.rules))
-        out[m] = (float(metrics["loss"]), float(metrics["grad_norm"]),
-                  {k: np.asarray(v) for k, v in flatten(state.params).items()})
+        out[m] = (
+            float(metrics["loss"]),
+            float(metrics["grad_norm"]),
+            {k: np.asarray(v) for k, v in flatten(state.params).items()},
+        )
     assert out[1][0] == pytest.approx(out[2][0], rel=1e-6)
     assert out[1][1] == pytest.approx(out[2][1], rel=1e-5)
     # Adam's first update is ~lr * g/|g|: parameters agree to 1% of one update (lr = 1e-3).
@@ -119,14 +133,19 @@ def test_mesh_that_does_not_match_devices(devices):
     with pytest.raises(MeshError, match=r"mesh 3x1x1 = 3 devices does not match the 8 devices"):
         build_mesh(c.parallel)
     c = make_config(ici=(3, -1, 1))
-    with pytest.raises(MeshError, match=r"8 devices are not divisible by the fixed axes' product 3"):
+    with pytest.raises(
+        MeshError, match=r"8 devices are not divisible by the fixed axes' product 3"
+    ):
         build_mesh(c.parallel)
 
 
 def test_dim_not_divisible_by_mesh_axis(devices):
     c = make_config(ici=(1, 1, 8))  # tiny LLM has 4 heads, 2 kv heads
-    with pytest.raises(ShardingError, match=r"dim \d+ \(logical '(heads|kv_heads|vit_heads)'\) is not divisible by "
-                                            r"mesh axes \('tensor',\) of size 8"):
+    with pytest.raises(
+        ShardingError,
+        match=r"dim \d+ \(logical '(heads|kv_heads|vit_heads)'\) is not divisible by "
+        r"mesh axes \('tensor',\) of size 8",
+    ):
         _factory(c)
 
 
@@ -142,6 +161,7 @@ def test_splash_on_a_mesh_matches_xla(devices, tiny_model_cfg):
     """Splash runs per (batch, head) shard inside shard_map: same loss and grads as XLA attention on a
     (2, 2, 2) mesh, with padding and packed documents (seq 128, the kernel's block multiple)."""
     from dsvl_jax.data.synthetic import synthetic_batch
+
     batch_np = synthetic_batch(tiny_model_cfg, 8, 128, pad=9, seed=4)
     batch_np["segments"][1, 60:] = 2  # a second packed document in row 1
     out = {}
@@ -153,6 +173,9 @@ def test_splash_on_a_mesh_matches_xla(devices, tiny_model_cfg):
         params = f.init(jax.random.key(0)).params
         out[impl] = _loss_and_grads(f, params, shard_host_batch(batch_np, f.mesh, f.rules))
     np.testing.assert_allclose(float(out["splash"][0]), float(out["xla"][0]), rtol=1e-5)
-    ref, got = flatten(jax.tree.map(np.asarray, out["xla"][1])), flatten(jax.tree.map(np.asarray, out["splash"][1]))
+    ref, got = (
+        flatten(jax.tree.map(np.asarray, out["xla"][1])),
+        flatten(jax.tree.map(np.asarray, out["splash"][1])),
+    )
     for k in ref:
         np.testing.assert_allclose(got[k], ref[k], atol=1e-5, rtol=1e-3, err_msg=k)

@@ -3,8 +3,10 @@
 A change to parallel/rules.py or to a model's logical names shows up as a diff of
 tests/golden/sharding_<size>.json (regenerate with UPDATE_GOLDEN=1 and review it).
 """
+
 import json
 import os
+from pathlib import Path
 
 import jax
 import pytest
@@ -12,7 +14,14 @@ from jax.sharding import AbstractMesh, AxisType, PartitionSpec
 
 from dsvl_jax.model.params import abstract_params, flatten, logical_axes
 from dsvl_jax.model.sizes import model_config
-from dsvl_jax.parallel import MESH_AXES, RULES, ShardingError, check_replication, logical_to_specs, rules_from_config
+from dsvl_jax.parallel import (
+    MESH_AXES,
+    RULES,
+    ShardingError,
+    check_replication,
+    logical_to_specs,
+    rules_from_config,
+)
 
 GOLDEN = os.path.join(os.path.dirname(os.path.dirname(__file__)), "golden")
 TOPOLOGIES = {"tiny": (2, 2, 2), "7b": (1, 64, 4)}  # 7b: a v5p-256-like FSDP x tensor layout
@@ -29,14 +38,20 @@ def _specs(size, rules=RULES):
 def test_sharding_golden(size):
     mesh, abstract, specs = _specs(size)
     check_replication(specs, abstract, mesh, 1 << 20)
-    dump = {k: [list(a) if isinstance(a, tuple) else a for a in v]
-            for k, v in flatten(jax.tree.map(tuple, specs, is_leaf=lambda x: isinstance(x, PartitionSpec))).items()}
-    text = json.dumps({"mesh": dict(zip(MESH_AXES, TOPOLOGIES[size])), "params": dump}, indent=1, sort_keys=True)
+    dump = {
+        k: [list(a) if isinstance(a, tuple) else a for a in v]
+        for k, v in flatten(
+            jax.tree.map(tuple, specs, is_leaf=lambda x: isinstance(x, PartitionSpec))
+        ).items()
+    }
+    text = json.dumps(
+        {"mesh": dict(zip(MESH_AXES, TOPOLOGIES[size])), "params": dump}, indent=1, sort_keys=True
+    )
     path = os.path.join(GOLDEN, f"sharding_{size}.json")
     if os.environ.get("UPDATE_GOLDEN"):
         with open(path, "w") as f:
             f.write(text + "\n")
-    assert json.load(open(path)) == json.loads(text)
+    assert json.loads(Path(path).read_text()) == json.loads(text)
 
 
 def test_7b_big_matrices_are_sharded_both_ways():
@@ -48,7 +63,8 @@ def test_7b_big_matrices_are_sharded_both_ways():
 
 
 def test_a_rule_that_replicates_big_weights_is_refused():
-    mesh, abstract, specs = _specs("7b", rules_from_config({"embed": None, "mlp": None, "heads": None,
-                                                             "vocab": None}))
+    mesh, abstract, specs = _specs(
+        "7b", rules_from_config({"embed": None, "mlp": None, "heads": None, "vocab": None})
+    )
     with pytest.raises(ShardingError, match=r"fully replicated on mesh .*\['llm'\]"):
         check_replication(specs, abstract, mesh, 1 << 20)

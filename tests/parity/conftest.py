@@ -1,4 +1,5 @@
 """Per-variant fixtures: a tiny random HF model, its save_pretrained folder, and our converted checkpoint."""
+
 import pytest
 
 import hf_oracle
@@ -8,7 +9,8 @@ import hf_oracle
 def converted(request, tmp_path_factory):
     """(variant, hf_model, hf_dir, ckpt_dir, cfg, params) with the checkpoint made by the converter."""
     from dsvl_jax import api
-    from dsvl_jax.cli.convert import from_hf
+    from dsvl_jax.checkpoints import from_hf
+
     variant = request.param
     root = tmp_path_factory.mktemp(variant)
     model = hf_oracle.build(variant)
@@ -16,5 +18,13 @@ def converted(request, tmp_path_factory):
     model.save_pretrained(hf_dir)
     from_hf(hf_dir, ckpt)
     cfg, params = api.load(ckpt)
-    return dict(variant=variant, model=model, hf_dir=hf_dir, ckpt=ckpt, cfg=cfg, params=params,
-                hybrid=hf_oracle.VARIANTS[variant]["hybrid"], root=root)
+    return dict(
+        variant=variant,
+        model=model,
+        hf_dir=hf_dir,
+        ckpt=ckpt,
+        cfg=cfg,
+        params=params,
+        hybrid=hf_oracle.VARIANTS[variant]["hybrid"],
+        root=root,
+    )

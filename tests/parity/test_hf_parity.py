@@ -2,11 +2,13 @@
 
 Tolerance: 1e-4 max abs on logits and on every part's output (observed ~5e-6 on CPU).
 """
+
 import numpy as np
 import torch
 
-import hf_oracle
 from dsvl_jax import api
+
+import hf_oracle
 
 TOL = 1e-4
 
@@ -18,12 +20,15 @@ def _hf_inputs(b):
 def test_logits_match_hf(converted):
     b = hf_oracle.batch(converted["hybrid"])
     with torch.no_grad():
-        ref = converted["model"](**_hf_inputs(b),
-                                 position_ids=torch.tensor(hf_oracle.position_ids(b["attention_mask"]))).logits.numpy()
+        ref = converted["model"](
+            **_hf_inputs(b), position_ids=torch.tensor(hf_oracle.position_ids(b["attention_mask"]))
+        ).logits.numpy()
     ours = api.forward(converted["cfg"], converted["params"], **b)
     valid = b["attention_mask"].astype(bool)
     diff = np.abs(ours - ref)[valid].max()
-    print(f"{converted['variant']}: logits max|diff| = {diff:.2e} (max|logit| {np.abs(ref).max():.2f})")
+    print(
+        f"{converted['variant']}: logits max|diff| = {diff:.2e} (max|logit| {np.abs(ref).max():.2f})"
+    )
     assert ours.shape == ref.shape
     assert diff < TOL
     # The left-padded row really has padding, and its logits were compared at real positions only.
@@ -33,14 +38,17 @@ def test_logits_match_hf(converted):
 def test_each_part_matches_hf(converted):
     b = hf_oracle.batch(converted["hybrid"])
     m = converted["model"].model
-    feats = api.image_features(converted["cfg"], converted["params"], b["pixel_values"],
-                               b.get("high_res_pixel_values"))
+    feats = api.image_features(
+        converted["cfg"], converted["params"], b["pixel_values"], b.get("high_res_pixel_values")
+    )
     with torch.no_grad():
         pv = torch.tensor(b["pixel_values"])
         low = m.vision_model(pv).last_hidden_state
         parts = {"siglip": low.numpy()}
         if converted["hybrid"]:
-            high = m.get_high_res_image_features(torch.tensor(b["high_res_pixel_values"])).last_hidden_state
+            high = m.get_high_res_image_features(
+                torch.tensor(b["high_res_pixel_values"])
+            ).last_hidden_state
             parts["sam"] = high.numpy()
             parts["adaptor"] = m.aligner(low, high).numpy()
         else:
@@ -57,9 +65,15 @@ def test_greedy_generation_matches_hf(converted):
     b = hf_oracle.batch(converted["hybrid"], seed=1)
     n = 16
     with torch.no_grad():
-        out = converted["model"].generate(**_hf_inputs(b), max_new_tokens=n, min_new_tokens=n, do_sample=False,
-                                          eos_token_id=None, pad_token_id=0)
-    ref = out[:, b["input_ids"].shape[1]:].numpy()
+        out = converted["model"].generate(
+            **_hf_inputs(b),
+            max_new_tokens=n,
+            min_new_tokens=n,
+            do_sample=False,
+            eos_token_id=None,
+            pad_token_id=0,
+        )
+    ref = out[:, b["input_ids"].shape[1] :].numpy()
     ours = api.generate(converted["cfg"], converted["params"], **b, max_new_tokens=n)
     assert ours.shape == (2, n)
     np.testing.assert_array_equal(ours, ref)
@@ -74,7 +88,7 @@ def test_kv_cache_decoding_agrees_with_full_forward(converted):
     mask = np.concatenate([b["attention_mask"], np.ones_like(new)], 1)
     logits = api.forward(cfg, params, ids, b["pixel_values"], b.get("high_res_pixel_values"), mask)
     t = b["input_ids"].shape[1]
-    np.testing.assert_array_equal(logits[:, t - 1:-1].argmax(-1), new)
+    np.testing.assert_array_equal(logits[:, t - 1 : -1].argmax(-1), new)
 
 
 def test_eos_stops_rows(converted):
@@ -84,5 +98,5 @@ def test_eos_stops_rows(converted):
     eos = int(free[0, 1])
     stopped = api.generate(cfg, params, **b, max_new_tokens=6, eos_token_id=eos, pad_token_id=7)
     first = int(np.argmax(free[0] == eos))
-    np.testing.assert_array_equal(stopped[0, :first + 1], free[0, :first + 1])
-    assert (stopped[0, first + 1:] == 7).all()
+    np.testing.assert_array_equal(stopped[0, : first + 1], free[0, : first + 1])
+    assert (stopped[0, first + 1 :] == 7).all()

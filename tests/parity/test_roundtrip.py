@@ -1,13 +1,16 @@
 """HF -> dsvl_jax (orbax checkpoint) -> HF is bit-exact, and transformers loads the export unchanged."""
+
 import json
 import os
+from pathlib import Path
 
 import numpy as np
 import torch
 
-import hf_oracle
-from dsvl_jax.cli.convert import to_hf
+from dsvl_jax.checkpoints import to_hf
 from dsvl_jax.interop.hf_import import read_safetensors
+
+import hf_oracle
 
 
 def test_roundtrip_bit_exact_and_loadable(converted):
@@ -22,7 +25,9 @@ def test_roundtrip_bit_exact_and_loadable(converted):
     # transformers reads the exported folder as is, into the same class, with identical outputs.
     cls = type(converted["model"])
     reloaded = cls.from_pretrained(out).eval()
-    assert json.load(open(os.path.join(out, "config.json")))["architectures"] == [cls.__name__]
+    assert json.loads(Path(os.path.join(out, "config.json")).read_text())["architectures"] == [
+        cls.__name__
+    ]
     b = hf_oracle.batch(converted["hybrid"])
     with torch.no_grad():
         a = converted["model"](**{k: torch.tensor(v) for k, v in b.items()}).logits
@@ -32,9 +37,10 @@ def test_roundtrip_bit_exact_and_loadable(converted):
 
 def test_sharded_export_reads_back(converted, tmp_path):
     """Large models are written as several safetensors shards with an index; import reads them all."""
+    from dsvl_jax.checkpoints import params_equal
     from dsvl_jax.interop.hf_export import save_hf
     from dsvl_jax.interop.hf_import import load_hf
-    from dsvl_jax.train.checkpoint import params_equal
+
     files = save_hf(str(tmp_path), converted["cfg"], converted["params"], max_shard_bytes=200_000)
     assert "model.safetensors.index.json" in files and len(files) > 3
     cfg, params = load_hf(str(tmp_path))
@@ -44,6 +50,7 @@ def test_sharded_export_reads_back(converted, tmp_path):
 
 def test_bfloat16_export_loads_in_transformers(converted, tmp_path):
     from dsvl_jax.interop.hf_export import save_hf
+
     save_hf(str(tmp_path), converted["cfg"], converted["params"], dtype="bfloat16")
     m = type(converted["model"]).from_pretrained(str(tmp_path))
     assert next(m.parameters()).dtype == torch.bfloat16

@@ -3,6 +3,7 @@
 `splash` runs its real Pallas kernel in interpret mode on CPU; `cudnn` needs an NVIDIA GPU, so on CPU
 we check the same jax.nn.dot_product_attention call (our mask/GQA conventions) with implementation="xla".
 """
+
 import dataclasses
 
 import jax
@@ -25,9 +26,9 @@ def qkv_segments():
     k = jax.random.normal(r[1], (B, T, KV, D))
     v = jax.random.normal(r[2], (B, T, KV, D))
     seg = np.ones((B, T), np.int32)
-    seg[0, :10] = 0            # row 0: left padding
-    seg[1, 50:] = 2            # row 1: two packed documents
-    seg[1, 120:] = 0           # ... then right padding
+    seg[0, :10] = 0  # row 0: left padding
+    seg[1, 50:] = 2  # row 1: two packed documents
+    seg[1, 120:] = 0  # ... then right padding
     return q, k, v, jnp.asarray(seg)
 
 
@@ -39,8 +40,12 @@ def _loss(impl, q, k, v, seg):
 
 def test_splash_matches_reference_values_and_grads(qkv_segments):
     q, k, v, seg = qkv_segments
-    (l_ref, o_ref), g_ref = jax.value_and_grad(_loss, argnums=(1, 2, 3), has_aux=True)("xla", q, k, v, seg)
-    (l_spl, o_spl), g_spl = jax.value_and_grad(_loss, argnums=(1, 2, 3), has_aux=True)("splash", q, k, v, seg)
+    (l_ref, o_ref), g_ref = jax.value_and_grad(_loss, argnums=(1, 2, 3), has_aux=True)(
+        "xla", q, k, v, seg
+    )
+    (l_spl, o_spl), g_spl = jax.value_and_grad(_loss, argnums=(1, 2, 3), has_aux=True)(
+        "splash", q, k, v, seg
+    )
     valid = np.asarray(seg > 0)
     np.testing.assert_allclose(np.asarray(o_spl)[valid], np.asarray(o_ref)[valid], atol=1e-5)
     np.testing.assert_allclose(float(l_spl), float(l_ref), rtol=1e-5)
@@ -61,13 +66,16 @@ def test_packing_isolates_documents(qkv_segments):
 def test_jax_nn_path_matches_reference(qkv_segments):
     q, k, v, seg = qkv_segments
     mask = A.segment_mask(seg, seg, 0)
-    ref = A._xla(q, k, v, mask, None, D ** -0.5)
-    out = A.jax_nn_attention(q, k, v, mask, None, D ** -0.5, "xla")
+    ref = A._xla(q, k, v, mask, None, D**-0.5)
+    out = A.jax_nn_attention(q, k, v, mask, None, D**-0.5, "xla")
     valid = np.asarray(seg > 0)
     np.testing.assert_allclose(np.asarray(out)[valid], np.asarray(ref)[valid], atol=1e-5)
     bias = jax.random.normal(jax.random.key(5), (B, H, T, T))
-    np.testing.assert_allclose(np.asarray(A.jax_nn_attention(q, k, v, None, bias, 0.2, "xla")),
-                               np.asarray(A._xla(q, k, v, None, bias, 0.2)), atol=1e-5)
+    np.testing.assert_allclose(
+        np.asarray(A.jax_nn_attention(q, k, v, None, bias, 0.2, "xla")),
+        np.asarray(A._xla(q, k, v, None, bias, 0.2)),
+        atol=1e-5,
+    )
 
 
 def test_model_with_splash_attention_matches_xla():
@@ -75,7 +83,7 @@ def test_model_with_splash_attention_matches_xla():
     params = init_params(cfg, 0)
     rng = np.random.default_rng(0)
     ids = rng.integers(101, 256, (1, 128)).astype(np.int32)
-    ids[0, 4:4 + cfg.num_image_tokens] = cfg.image_token_id
+    ids[0, 4 : 4 + cfg.num_image_tokens] = cfg.image_token_id
     mask = np.ones_like(ids)
     mask[0, :7] = 0
     px = rng.uniform(-1, 1, (1, 3, 32, 32)).astype(np.float32)
@@ -87,5 +95,9 @@ def test_model_with_splash_attention_matches_xla():
 
 def test_unknown_impl():
     with pytest.raises(ValueError, match="model.attention='flash' not in"):
-        A.causal_attention(*[jnp.zeros((1, 4, 1, 8))] * 3, q_segments=jnp.ones((1, 4)), kv_segments=jnp.ones((1, 4)),
-                           impl="flash")
+        A.causal_attention(
+            *[jnp.zeros((1, 4, 1, 8))] * 3,
+            q_segments=jnp.ones((1, 4)),
+            kv_segments=jnp.ones((1, 4)),
+            impl="flash",
+        )

@@ -1,5 +1,7 @@
 """Shipped model sizes: parameter counts against the spec (eval_shape, no allocation), goldens, validation."""
+
 import os
+from pathlib import Path
 
 import pytest
 
@@ -9,11 +11,16 @@ from dsvl_jax.model.sizes import SIZES, model_config, model_config_dict
 
 GOLDEN = os.path.join(os.path.dirname(os.path.dirname(__file__)), "golden")
 
-# ../shared/spec/deepseek_vl.md §0, "Parameter counts" (rounded there to 0.01M / 0.001B).
+# docs/recipe.md#parameter-counts (rounded there to 0.01M / 0.001B).
 SPEC = {
     "1.3b": {"siglip": 303.7e6, "adaptor": 6.30e6, "llm": 1.653e9, "llm/blocks": 1.233e9},
-    "7b": {"siglip": 303.7e6, "sam": 88.9e6 + 2 * 0.79e6 + 5.90e6, "adaptor": 20.98e6, "llm": 6.910e9,
-           "llm/blocks": 6.072e9},
+    "7b": {
+        "siglip": 303.7e6,
+        "sam": 88.9e6 + 2 * 0.79e6 + 5.90e6,
+        "adaptor": 20.98e6,
+        "llm": 6.910e9,
+        "llm/blocks": 6.072e9,
+    },
 }
 
 
@@ -54,17 +61,20 @@ def test_config_golden(size):
     if os.environ.get("UPDATE_GOLDEN"):
         with open(path, "w") as f:
             f.write(text)
-    assert open(path).read() == text
+    assert Path(path).read_text() == text
     assert model_config_from_dict(model_config_dict(size)) == model_config(size)
 
 
-@pytest.mark.parametrize("field,value,needle", [
-    ("adaptor.kind", "mlp", "model.adaptor.kind"),
-    ("siglip.image_size", 30, "model.siglip.image_size"),
-    ("llm.kv_heads", 3, "model.llm.heads"),
-    ("sam.global_attn_indexes", (), "model.sam.global_attn_indexes"),
-    ("remat_policy", "sometimes", "model.remat_policy"),
-])
+@pytest.mark.parametrize(
+    "field,value,needle",
+    [
+        ("adaptor.kind", "mlp", "model.adaptor.kind"),
+        ("siglip.image_size", 30, "model.siglip.image_size"),
+        ("llm.kv_heads", 3, "model.llm.heads"),
+        ("sam.global_attn_indexes", (), "model.sam.global_attn_indexes"),
+        ("remat_policy", "sometimes", "model.remat_policy"),
+    ],
+)
 def test_invalid_configs_name_the_field(field, value, needle):
     d = model_config_dict("tiny").to_dict()
     node = d
@@ -81,3 +91,24 @@ def test_unknown_field_is_refused():
     d["llm"]["n_layers"] = 3
     with pytest.raises(ConfigError, match="n_layers"):
         model_config_from_dict(d)
+
+
+EXPERIMENTS = os.path.join(os.path.dirname(GOLDEN), os.pardir, "experiments")
+
+
+@pytest.mark.parametrize("size", ["tiny", "1.3b", "7b"])
+@pytest.mark.parametrize("stage", ["stage1_aligner", "stage2_pretrain", "stage3_sft"])
+def test_experiment_golden(stage, size):
+    """Every shipped experiment at every size loads, validates (model section, stage, batch) and matches its
+    flattened golden tests/golden/experiments/<stage>_<size>.txt (UPDATE_GOLDEN=1 rewrites it)."""
+    from dsvl_jax.config import load_experiment
+    from dsvl_jax.train.loop import validate
+
+    cfg = load_experiment(os.path.join(EXPERIMENTS, f"{stage}.py"), size)
+    validate(cfg)
+    text = _flat_text(cfg)
+    path = os.path.join(GOLDEN, "experiments", f"{stage}_{size}.txt")
+    if os.environ.get("UPDATE_GOLDEN"):
+        with open(path, "w") as f:
+            f.write(text)
+    assert Path(path).read_text() == text

@@ -1,4 +1,5 @@
 """The embedded corpus: deterministic, valid records of every kind, answers grounded in what was drawn."""
+
 import hashlib
 import os
 import re
@@ -16,7 +17,9 @@ SEED = 3
 
 
 def _digest(ex: records.Example) -> str:
-    return hashlib.sha256(repr((ex.id, ex.kind, ex.messages)).encode() + b"".join(ex.images)).hexdigest()
+    return hashlib.sha256(
+        repr((ex.id, ex.kind, ex.messages)).encode() + b"".join(ex.images)
+    ).hexdigest()
 
 
 @pytest.fixture(scope="module")
@@ -46,18 +49,24 @@ def test_deterministic_and_random_access(sample):
     for kind in records.KINDS:
         mine = [ex for ex in sample if ex.kind == kind]
         theirs = [ex for ex in other if ex.kind == kind]
-        assert [(e.messages, e.images) for e in mine] != [(e.messages, e.images) for e in theirs], kind
+        assert [(e.messages, e.images) for e in mine] != [(e.messages, e.images) for e in theirs], (
+            kind
+        )
         # record i does not depend on the records drawn before it (nor on the figure reuse of charts)
         assert corpus.make_example(kind, SEED, 2, image_size=128) == mine[2]
 
 
 def test_same_records_in_a_fresh_process():
     """No hidden state: another interpreter, with another hash seed, writes the same bytes."""
-    code = ("import hashlib; from dsvl_jax.data import corpus; print([hashlib.sha256(repr((e.id, e.kind, e.messages))"
-            ".encode() + b''.join(e.images)).hexdigest() for e in corpus.generate_all(1, 5, 64)])")
+    code = (
+        "import hashlib; from dsvl_jax.data import corpus; print([hashlib.sha256(repr((e.id, e.kind, e.messages))"
+        ".encode() + b''.join(e.images)).hexdigest() for e in corpus.generate_all(1, 5, 64)])"
+    )
     env = dict(os.environ, PYTHONHASHSEED="123")
     root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-    out = subprocess.run([sys.executable, "-c", code], env=env, cwd=root, capture_output=True, text=True, check=True)
+    out = subprocess.run(
+        [sys.executable, "-c", code], env=env, cwd=root, capture_output=True, text=True, check=True
+    )
     assert out.stdout.strip() == str([_digest(ex) for ex in corpus.generate_all(1, 5, 64)])
 
 
@@ -93,8 +102,13 @@ def _expected(spec: charts.ChartSpec, question: str) -> str:
     if re.fullmatch(r"How many \w+s are shown\?", question):
         return str(len(lab))
     if question == charts.Q_KIND:
-        return {"bar": "bar chart", "barh": "horizontal bar chart", "line": "line chart", "pie": "pie chart",
-                "scatter": "scatter plot"}[spec.chart]
+        return {
+            "bar": "bar chart",
+            "barh": "horizontal bar chart",
+            "line": "line chart",
+            "pie": "pie chart",
+            "scatter": "scatter plot",
+        }[spec.chart]
     if re.fullmatch(r"What colour are the (bars|line|points)\?", question):
         assert spec.chart != "pie"
         return spec.color.split(":")[1]
@@ -111,7 +125,10 @@ def test_chart_answers_match_plotted_data():
         assert msgs[0].content.startswith(records.IMAGE_TAG + "\n")
         assert all(records.IMAGE_TAG not in m.content for m in msgs[1:])
         for q, a in zip(msgs[0::2], msgs[1::2]):
-            assert a.content == _expected(spec, q.content.replace(records.IMAGE_TAG + "\n", "")), (ex.id, q)
+            assert a.content == _expected(spec, q.content.replace(records.IMAGE_TAG + "\n", "")), (
+                ex.id,
+                q,
+            )
     for i in range(300):  # many specs (no rendering) to reach every chart type and question
         rng = np.random.default_rng(i)
         spec = charts.make_spec(rng)
@@ -130,7 +147,9 @@ def test_small_charts_ask_only_what_they_show():
         assert len(ex.messages) == 2
         q = ex.messages[0].content.replace(records.IMAGE_TAG + "\n", "")
         assert q == charts.Q_KIND or q.startswith("What colour are the"), q
-    assert any(len(corpus.make_example("chart", SEED, i, image_size=256).messages) == 4 for i in range(10))
+    assert any(
+        len(corpus.make_example("chart", SEED, i, image_size=256).messages) == 4 for i in range(10)
+    )
 
 
 def test_caption_names_what_was_drawn():
@@ -140,7 +159,10 @@ def test_caption_names_what_was_drawn():
         caption = ex.messages[0].content
         px = np.asarray(records.decode_image(ex.images[0])).reshape(-1, 3)
         colors = {tuple(c) for c in np.unique(px, axis=0)}
-        assert canvas.BACKGROUNDS[scene.background] in colors and f"{scene.background} background" in caption
+        assert (
+            canvas.BACKGROUNDS[scene.background] in colors
+            and f"{scene.background} background" in caption
+        )
         for s in scene.shapes:
             assert f"{s.size} {s.color} {s.shape} {captions.POSITIONS[s.cell]}" in caption
             assert canvas.COLORS[s.color] in colors, (ex.id, s.color)
@@ -164,7 +186,9 @@ def test_pdf_round_trip():
     body = " ".join(f"Sentence number {i} says (something) & more." for i in range(60))
     pages = [f"# The Title\n\n{body}\n\nLast paragraph.", "A second page; short."]
     data = make_pdf(pages, page_size=(300, 400), font_size=10, margin=30)
-    assert data.startswith(b"%PDF") and data == make_pdf(pages, page_size=(300, 400), font_size=10, margin=30)
+    assert data.startswith(b"%PDF") and data == make_pdf(
+        pages, page_size=(300, 400), font_size=10, margin=30
+    )
     out = render_pdf(data, dpi=72)
     assert len(out) >= 3  # the long first string flowed onto a second page
     assert [p.index for p in out] == list(range(len(out)))
@@ -186,7 +210,10 @@ def test_pdf_bad_input():
     assert e.value.reason == "image_corrupt" and "not a readable PDF" in e.value.detail
     assert e.value.record_id == "doc-7"
     good = make_pdf(["hello"])
-    for bad in (good[: len(good) // 2], corpus.make_example("caption", 0, 0, image_size=64).images[0]):
+    for bad in (
+        good[: len(good) // 2],
+        corpus.make_example("caption", 0, 0, image_size=64).images[0],
+    ):
         with pytest.raises(records.BadRecord, match="image_corrupt"):
             render_pdf(bad)
     with pytest.raises(records.BadRecord, match="image_empty"):
@@ -213,5 +240,7 @@ def test_threads_give_the_same_records():
     jobs = [(kind, i) for i in range(3) for kind in ("chart", "pdf", "screenshot")]
     serial = [corpus.make_example(k, SEED, i, image_size=96) for k, i in jobs]
     with ThreadPoolExecutor(4) as pool:
-        threaded = list(pool.map(lambda job: corpus.make_example(job[0], SEED, job[1], image_size=96), jobs))
+        threaded = list(
+            pool.map(lambda job: corpus.make_example(job[0], SEED, job[1], image_size=96), jobs)
+        )
     assert threaded == serial

@@ -3,22 +3,30 @@
 The planted predictions below are scored by hand (numbers in the comments); the runner must reproduce
 them exactly, overall and per category.
 """
+
 import base64
 import io
 import json
-import os
-import subprocess
-import sys
 
 import numpy as np
 import pytest
 from PIL import Image
 
 from dsvl_jax.data.records import BadRecord
-from dsvl_jax.eval import (MC_INSTRUCTION, EvalItem, evaluate, exact_match, format_summary, load_items,
-                           normalize_answer, parse_choice, relaxed_match, to_number)
+from dsvl_jax.eval import (
+    MC_INSTRUCTION,
+    EvalItem,
+    evaluate,
+    exact_match,
+    format_summary,
+    load_items,
+    normalize_answer,
+    parse_choice,
+    relaxed_match,
+    to_number,
+)
 
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import commands
 
 
 def _png(color=(200, 30, 30), size=(40, 24)) -> bytes:
@@ -29,26 +37,28 @@ def _png(color=(200, 30, 30), size=(40, 24)) -> bytes:
 
 # id -> (record fields, planted prediction); exact / relaxed by hand
 OPEN = {
-    "q1": (dict(category="chart", answer="42"), "42"),                        # exact, relaxed
-    "q2": (dict(category="chart", answer="100"), "103"),                      # relaxed only (3% off)
-    "q3": (dict(category="chart", answer="100"), "106"),                      # neither (6% off)
-    "q4": (dict(category="doc", answers=["The Red Car", "red automobile"]), "red car."),  # exact, relaxed
-    "q5": (dict(category="doc", answer="Paris"), "London"),                   # neither
-    "q6": (dict(category="chart", answer="1,000"), "1000"),                   # exact, relaxed
-    "q7": (dict(category="chart", answer="3.5"), "35"),                       # neither: the decimal point counts
-    "q8": (dict(category="doc", answers=[{"answer": "0"}]), "0.0"),           # relaxed only (0 == 0.0)
+    "q1": (dict(category="chart", answer="42"), "42"),  # exact, relaxed
+    "q2": (dict(category="chart", answer="100"), "103"),  # relaxed only (3% off)
+    "q3": (dict(category="chart", answer="100"), "106"),  # neither (6% off)
+    # exact, relaxed
+    "q4": (dict(category="doc", answers=["The Red Car", "red automobile"]), "red car."),
+    "q5": (dict(category="doc", answer="Paris"), "London"),  # neither
+    "q6": (dict(category="chart", answer="1,000"), "1000"),  # exact, relaxed
+    "q7": (dict(category="chart", answer="3.5"), "35"),  # neither: the decimal point counts
+    "q8": (dict(category="doc", answers=[{"answer": "0"}]), "0.0"),  # relaxed only (0 == 0.0)
 }
 # open: exact 3/8, relaxed 5/8; chart (q1 q2 q3 q6 q7) exact 2/5 relaxed 3/5; doc (q4 q5 q8) exact 1/3 relaxed 2/3
 
 OPTS = {"A": "a cat", "B": "a dog", "C": "two birds", "D": "three"}
 MC = {  # index -> (category, answer, options, hint, prediction); correct?
-    "1": ("ocr", "B", OPTS, "", "B"),                                   # yes
-    "2": ("ocr", "C", OPTS, "Look closely.", "(C) two birds"),          # yes
-    "3": ("ocr", "A", OPTS, "", "The answer is D."),                    # no (D)
-    "4": ("count", "D", OPTS, "", "three"),                             # yes (option text)
-    "5": ("count", "A", OPTS, "", "I am not sure"),                     # no, unparsed
-    "6": ("count", "B", {"A": "3", "B": "4", "C": "5", "D": "nan"}, "", "B. 4"),  # yes; D empty -> 3 options
-    "8": ("ocr", "A", OPTS, "", "A"),                                   # yes; image = row 1's (MMBench reference)
+    "1": ("ocr", "B", OPTS, "", "B"),  # yes
+    "2": ("ocr", "C", OPTS, "Look closely.", "(C) two birds"),  # yes
+    "3": ("ocr", "A", OPTS, "", "The answer is D."),  # no (D)
+    "4": ("count", "D", OPTS, "", "three"),  # yes (option text)
+    "5": ("count", "A", OPTS, "", "I am not sure"),  # no, unparsed
+    # yes; D empty -> 3 options
+    "6": ("count", "B", {"A": "3", "B": "4", "C": "5", "D": "nan"}, "", "B. 4"),
+    "8": ("ocr", "A", OPTS, "", "A"),  # yes; image = row 1's (MMBench reference)
 }
 # mc: 5/7 correct, 1 unparsed; ocr (1 2 3 8) 3/4; count (4 5 6) 2/3 with 1 unparsed
 
@@ -58,21 +68,32 @@ def files(tmp_path_factory):
     d = tmp_path_factory.mktemp("eval")
     (d / "imgs").mkdir()
     (d / "imgs" / "chart.png").write_bytes(_png())
-    lines = [json.dumps({"id": k, "image": "chart.png", "question": f"What is shown in {k}?", **rec})
-             for k, (rec, _) in OPEN.items()]
-    lines += [json.dumps({"id": "q9", "image": "missing.png", "question": "?", "answer": "x"}),  # image_missing
-              json.dumps({"id": "q10", "image": "chart.png", "question": "No answer?"}),       # missing_field
-              "{not json",                                                                        # bad_json
-              json.dumps({"id": "q1", "image": "chart.png", "question": "again", "answer": "1"})]  # duplicate_id
+    lines = [
+        json.dumps({"id": k, "image": "chart.png", "question": f"What is shown in {k}?", **rec})
+        for k, (rec, _) in OPEN.items()
+    ]
+    lines += [
+        # image_missing
+        json.dumps({"id": "q9", "image": "missing.png", "question": "?", "answer": "x"}),
+        json.dumps({"id": "q10", "image": "chart.png", "question": "No answer?"}),  # missing_field
+        # duplicate_id
+        "{not json",  # bad_json
+        json.dumps({"id": "q1", "image": "chart.png", "question": "again", "answer": "1"}),
+    ]
     (d / "vqa.jsonl").write_text("\n".join(lines) + "\n")
     b64 = base64.b64encode(_png((10, 200, 10))).decode()
     cols = ["index", "question", "hint", "A", "B", "C", "D", "answer", "category", "image"]
     rows = ["\t".join(cols)]
     for k, (cat, ans, opts, hint, _) in MC.items():
         img = "1" if k == "8" else b64
-        rows.append("\t".join([k, f"Question {k}?", hint or "nan", *(opts[x] for x in "ABCD"), ans, cat, img]))
-    rows.append("\t".join(["7", "Q7?", "nan", "w", "x", "y", "z", "E", "ocr", b64]))        # bad_answer
-    rows.append("\t".join(["9", "Q9?", "nan", "w", "x", "y", "z", "A", "ocr", "bm90IGFuIGltYWdl"]))  # not_an_image
+        rows.append(
+            "\t".join(
+                [k, f"Question {k}?", hint or "nan", *(opts[x] for x in "ABCD"), ans, cat, img]
+            )
+        )
+    rows.append("\t".join(["7", "Q7?", "nan", "w", "x", "y", "z", "E", "ocr", b64]))  # bad_answer
+    # not_an_image
+    rows.append("\t".join(["9", "Q9?", "nan", "w", "x", "y", "z", "A", "ocr", "bm90IGFuIGltYWdl"]))
     (d / "mmb.tsv").write_text("\n".join(rows) + "\n")
     return d
 
@@ -85,13 +106,38 @@ def test_scoring_primitives():
     assert normalize_answer("  The Red, car! ") == "red car"
     assert normalize_answer("3.5") == "3.5" and normalize_answer("1,000 m.") == "1000 m"
     assert exact_match("An apple.", ["apple"]) and not exact_match("apples", ["apple"])
-    assert [to_number(s) for s in ("12", "-3.5", "1,000", "45%", "$7", "3.", "x1")] == [12, -3.5, 1000, 45, 7, 3, None]
+    assert [to_number(s) for s in ("12", "-3.5", "1,000", "45%", "$7", "3.", "x1")] == [
+        12,
+        -3.5,
+        1000,
+        45,
+        7,
+        3,
+        None,
+    ]
     assert relaxed_match("104.9", ["100"]) and not relaxed_match("105.1", ["100"])
-    assert relaxed_match("48%", ["50"]) and relaxed_match("Yes", ["yes"]) and not relaxed_match("1", ["0"])
+    assert (
+        relaxed_match("48%", ["50"])
+        and relaxed_match("Yes", ["yes"])
+        and not relaxed_match("1", ["0"])
+    )
     o = list(OPTS.items())
-    cases = {"B": "B", "b": None, "(C)": "C", "C) two birds": "C", "D: three": "D", "Answer: A": "A",
-             "The correct option is (B).": "B", "I think B is right": "B", "a dog": "B", "It shows two birds": "C",
-             "A or B": None, "E": None, "": None, "Cats": None}
+    cases = {
+        "B": "B",
+        "b": None,
+        "(C)": "C",
+        "C) two birds": "C",
+        "D: three": "D",
+        "Answer: A": "A",
+        "The correct option is (B).": "B",
+        "I think B is right": "B",
+        "a dog": "B",
+        "It shows two birds": "C",
+        "A or B": None,
+        "E": None,
+        "": None,
+        "Cats": None,
+    }
     for text, want in cases.items():
         assert parse_choice(text, o) == want, text
 
@@ -100,7 +146,9 @@ def test_items_load_and_bad_rows_are_reported(files):
     vqa = load_items(str(files / "vqa.jsonl"), images=str(files / "imgs"))
     assert [it.id for it in vqa.items] == list(OPEN)
     assert vqa.items[0].kind == "open" and vqa.items[0].image.endswith("imgs/chart.png")
-    assert vqa.items[3].answers == ("The Red Car", "red automobile") and vqa.items[7].answers == ("0",)
+    assert vqa.items[3].answers == ("The Red Car", "red automobile") and vqa.items[7].answers == (
+        "0",
+    )
     why = {s.reason: s for s in vqa.skipped}
     assert sorted(why) == ["bad_json", "duplicate_id", "image_missing", "missing_field"]
     assert why["image_missing"].id == "q9" and "missing.png" in why["image_missing"].detail
@@ -114,13 +162,18 @@ def test_items_load_and_bad_rows_are_reported(files):
     first = mmb.items[0]
     assert first.kind == "mc" and first.letters == ("A", "B", "C", "D") and first.answers == ("B",)
     img = Image.open(io.BytesIO(first.image_bytes()))
-    assert img.size == (40, 24) and img.convert("RGB").getpixel((0, 0)) == (10, 200, 10)  # base64 decoded
+    # base64 decoded
+    assert img.size == (40, 24) and img.convert("RGB").getpixel((0, 0)) == (10, 200, 10)
     assert mmb.items[-1].image == first.image  # row 8 refers to row 1's image
     assert mmb.items[5].letters == ("A", "B", "C")  # the "nan" option is dropped
-    assert mmb.items[1].prompt() == ("Look closely.\nQuestion 2?\nA. a cat\nB. a dog\nC. two birds\nD. three\n"
-                                     + MC_INSTRUCTION)
+    assert mmb.items[1].prompt() == (
+        "Look closely.\nQuestion 2?\nA. a cat\nB. a dog\nC. two birds\nD. three\n" + MC_INSTRUCTION
+    )
     why = {s.id: s for s in mmb.skipped}
-    assert why["7"].reason == "bad_answer" and "'E' is not one of the option letters ABCD" in why["7"].detail
+    assert (
+        why["7"].reason == "bad_answer"
+        and "'E' is not one of the option letters ABCD" in why["7"].detail
+    )
     assert why["9"].reason == "not_an_image" and why["9"].where == f"{files / 'mmb.tsv'}:10"
     with pytest.raises(FileNotFoundError, match="nope.jsonl"):
         load_items(str(files / "nope.jsonl"))
@@ -145,15 +198,25 @@ def test_planted_accuracies_exact(files):
     r = evaluate(mmb, _predict, batch_size=4)
     m = r["metrics"]
     assert (m["n_mc"], m["mc_accuracy"], m["mc_unparsed"], m["accuracy"]) == (7, 5 / 7, 1, 5 / 7)
-    assert (r["per_category"]["ocr"]["mc_accuracy"], r["per_category"]["count"]["mc_accuracy"]) == (3 / 4, 2 / 3)
+    assert (r["per_category"]["ocr"]["mc_accuracy"], r["per_category"]["count"]["mc_accuracy"]) == (
+        3 / 4,
+        2 / 3,
+    )
     assert r["per_category"]["count"]["mc_unparsed"] == 1
     pred = {p["id"]: p for p in r["predictions"]}
-    assert pred["3"]["choice"] == "D" and pred["3"]["correct"] is False and pred["5"]["choice"] is None
+    assert (
+        pred["3"]["choice"] == "D" and pred["3"]["correct"] is False and pred["5"]["choice"] is None
+    )
 
     both = evaluate(vqa.items + mmb.items, _predict, batch_size=5)["metrics"]
     assert (both["n"], both["accuracy"]) == (15, (3 + 5) / 15)
     table = format_summary(r)
-    assert "OVERALL" in table and "71.4" in table and "skipped 2 of 9 items" in table and "bad_answer" in table
+    assert (
+        "OVERALL" in table
+        and "71.4" in table
+        and "skipped 2 of 9 items" in table
+        and "bad_answer" in table
+    )
 
 
 def test_an_item_failing_in_predict_is_skipped_not_fatal(files):
@@ -165,6 +228,7 @@ def test_an_item_failing_in_predict_is_skipped_not_fatal(files):
         if any(it.id == "q5" for it in items):
             raise BadRecord("image_corrupt", "truncated PNG", "q5")
         return _predict(items)
+
     r = evaluate(vqa.items, predict, batch_size=4)
     assert r["n_scored"] == 7 and [s["id"] for s in r["skipped"]] == ["q5"]
     assert r["skipped"][0]["reason"] == "image_corrupt"
@@ -177,54 +241,111 @@ def test_evaluate_cli_end_to_end(files, tmp_path):
     """A tiny SigLIP checkpoint with its tokenizer.model -> report JSON with every key."""
     import jax
 
+    from dsvl_jax.checkpoints import save_params
     from dsvl_jax.data import corpus, tokenizer
     from dsvl_jax.model.config import model_config_from_dict
     from dsvl_jax.model.params import abstract_params
     from dsvl_jax.model.sizes import SIZES
-    from dsvl_jax.train.checkpoint import save_params
-    cfg = model_config_from_dict({**SIZES["tiny_siglip"], "llm": {**SIZES["tiny_siglip"]["llm"], "vocab_size": 512},
-                                  "image_token_id": tokenizer.SP_IMAGE_ID})
+
+    cfg = model_config_from_dict(
+        {
+            **SIZES["tiny_siglip"],
+            "llm": {**SIZES["tiny_siglip"]["llm"], "vocab_size": 512},
+            "image_token_id": tokenizer.SP_IMAGE_ID,
+        }
+    )
     rng = np.random.default_rng(0)
-    params = jax.tree.map(lambda a: (0.1 * rng.standard_normal(a.shape)).astype(a.dtype), abstract_params(cfg))
+    params = jax.tree.map(
+        lambda a: (0.1 * rng.standard_normal(a.shape)).astype(a.dtype), abstract_params(cfg)
+    )
     ckpt = tmp_path / "ckpt"
     save_params(str(ckpt), cfg, params)
-    tokenizer.train_on_examples(corpus.generate("text", 20, seed=0), 400, out=ckpt / "tokenizer.model")
+    tokenizer.train_on_examples(
+        corpus.generate("text", 20, seed=0), 400, out=ckpt / "tokenizer.model"
+    )
     data = tmp_path / "mixed.jsonl"
-    rows = [{"id": "o1", "image": str(files / "imgs" / "chart.png"), "question": "What colour?", "answer": "red",
-             "category": "color"},
-            {"id": "o2", "question": "Text only: 2 + 2?", "answer": "4", "category": "math"},
-            {"id": "m1", "image": str(files / "imgs" / "chart.png"), "question": "Which colour?",
-             "options": ["red", "green", "blue"], "answer": "red", "category": "color"},
-            {"id": "bad", "image": "gone/missing.png", "question": "?", "answer": "x"}]
+    rows = [
+        {
+            "id": "o1",
+            "image": str(files / "imgs" / "chart.png"),
+            "question": "What colour?",
+            "answer": "red",
+            "category": "color",
+        },
+        {"id": "o2", "question": "Text only: 2 + 2?", "answer": "4", "category": "math"},
+        {
+            "id": "m1",
+            "image": str(files / "imgs" / "chart.png"),
+            "question": "Which colour?",
+            "options": ["red", "green", "blue"],
+            "answer": "red",
+            "category": "color",
+        },
+        {"id": "bad", "image": "gone/missing.png", "question": "?", "answer": "x"},
+    ]
     data.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
     out = tmp_path / "report.json"
-    env = dict(os.environ, PYTHONPATH=ROOT, XLA_FLAGS="--xla_force_host_platform_device_count=1")
-    p = subprocess.run([sys.executable, "-m", "dsvl_jax.evaluate", f"--checkpoint={ckpt}", f"--data={data}",
-                        f"--out={out}", "--batch=2", "--max_new_tokens=4"], cwd=ROOT, env=env, capture_output=True,
-                       text=True, timeout=600)
+    p = commands.run(
+        "evaluate",
+        f"--checkpoint={ckpt}",
+        f"--data={data}",
+        f"--out={out}",
+        "--batch=2",
+        "--max_new_tokens=4",
+        devices=1,
+    )
     assert p.returncode == 0, p.stderr[-3000:]
     last = json.loads(p.stdout.strip().splitlines()[-1])
-    assert last["report"] == str(out) and (last["n_items"], last["n_scored"], last["skipped"]) == (4, 3, 1)
+    assert last["report"] == str(out) and (last["n_items"], last["n_scored"], last["skipped"]) == (
+        4,
+        3,
+        1,
+    )
     assert "OVERALL" in p.stdout and "image_missing" in p.stdout
     rep = json.loads(out.read_text())
-    assert set(rep) == {"data", "format", "n_items", "n_scored", "metrics", "per_category", "skipped", "predictions",
-                        "settings", "seconds"}
-    assert set(rep["metrics"]) == {"n", "accuracy", "n_open", "exact_match", "relaxed_accuracy", "n_mc",
-                                   "mc_accuracy", "mc_unparsed"}
+    assert set(rep) == {
+        "data",
+        "format",
+        "n_items",
+        "n_scored",
+        "metrics",
+        "per_category",
+        "skipped",
+        "predictions",
+        "settings",
+        "seconds",
+    }
+    assert set(rep["metrics"]) == {
+        "n",
+        "accuracy",
+        "n_open",
+        "exact_match",
+        "relaxed_accuracy",
+        "n_mc",
+        "mc_accuracy",
+        "mc_unparsed",
+    }
     assert set(rep["per_category"]) == {"color", "math"} and rep["per_category"]["color"]["n"] == 2
     assert [s["reason"] for s in rep["skipped"]] == ["image_missing"]
     assert [x["id"] for x in rep["predictions"]] == ["o1", "o2", "m1"]
     assert all(isinstance(x["prediction"], str) for x in rep["predictions"])
-    assert rep["predictions"][2]["answers"] == ["A"] and rep["settings"]["tokenizer"].endswith("tokenizer.model")
-    # A wrong data path fails with one line, before the model loads.
-    p = subprocess.run([sys.executable, "-m", "dsvl_jax.evaluate", f"--checkpoint={ckpt}",
-                        f"--data={tmp_path / 'nope.tsv'}"], cwd=ROOT, env=env, capture_output=True, text=True,
-                       timeout=300)
-    assert p.returncode != 0 and "evaluate: eval data" in p.stderr and "nope.tsv not found" in p.stderr
+    assert rep["predictions"][2]["answers"] == ["A"] and rep["settings"]["tokenizer"].endswith(
+        "tokenizer.model"
+    )
+    # A wrong data path is a usage error: one line, before the model loads.
+    p = commands.run(
+        "evaluate", f"--checkpoint={ckpt}", f"--data={tmp_path / 'nope.tsv'}", devices=1
+    )
+    assert (
+        p.returncode == 2
+        and p.stderr.strip() == f"evaluate: error: --data {tmp_path / 'nope.tsv'} not found"
+    )
 
 
 def test_eval_item_prompts():
     it = EvalItem("x", " What is it? ", ("cat",))
     assert it.prompt() == "What is it?" and it.kind == "open" and it.image_bytes() is None
-    assert it.prompt("Answer the question using a single word or phrase.") == \
-        "What is it?\nAnswer the question using a single word or phrase."
+    assert (
+        it.prompt("Answer the question using a single word or phrase.")
+        == "What is it?\nAnswer the question using a single word or phrase."
+    )

@@ -3,13 +3,12 @@
 Few compiles: the decode tests share one tiny model and one [4, 64] bucket (greedy, then sample);
 the engine tests share one checkpoint with a SentencePiece tokenizer trained here.
 """
+
 import contextlib
 import dataclasses
 import io
 import os
 import shutil
-import subprocess
-import sys
 
 import jax
 import jax.numpy as jnp
@@ -19,6 +18,8 @@ import pytest
 from dsvl_jax.model import decode as D
 from dsvl_jax.model import params as P
 from dsvl_jax.model.sizes import model_config
+
+import commands
 
 BUCKET, BATCH, NEW = 64, 4, 8
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -48,6 +49,7 @@ def backend_compiles():
     def listener(name, secs, **kw):
         if name == "/jax/core/compile/backend_compile_duration":
             events.append(kw.get("fun_name", "?"))
+
     jax.monitoring.register_event_duration_secs_listener(listener)
     try:
         yield events
@@ -69,17 +71,31 @@ def _prompts(cfg, lengths, seed=0):
     mask = np.zeros((len(lengths), t), np.int32)
     for r, length in enumerate(lengths):
         row = rng.integers(101, cfg.llm.vocab_size, length)
-        row[2:2 + n] = cfg.image_token_id
-        ids[r, t - length:], mask[r, t - length:] = row, 1
-    px = rng.uniform(-1, 1, (len(lengths), 1, cfg.siglip.image_size, cfg.siglip.image_size, 3)).astype(np.float32)
-    hp = rng.normal(size=(len(lengths), 1, cfg.sam.image_size, cfg.sam.image_size, 3)).astype(np.float32)
+        row[2 : 2 + n] = cfg.image_token_id
+        ids[r, t - length :], mask[r, t - length :] = row, 1
+    px = rng.uniform(
+        -1, 1, (len(lengths), 1, cfg.siglip.image_size, cfg.siglip.image_size, 3)
+    ).astype(np.float32)
+    hp = rng.normal(size=(len(lengths), 1, cfg.sam.image_size, cfg.sam.image_size, 3)).astype(
+        np.float32
+    )
     return ids, mask, px, hp
 
 
 def _gen(cfg, params, batch, **kw):
     ids, mask, px, hp = batch
-    return D.generate(cfg, params, ids, mask, px, hp, max_new_tokens=NEW, length_bucket=BUCKET, batch_size=BATCH,
-                      **kw)
+    return D.generate(
+        cfg,
+        params,
+        ids,
+        mask,
+        px,
+        hp,
+        max_new_tokens=NEW,
+        length_bucket=BUCKET,
+        batch_size=BATCH,
+        **kw,
+    )
 
 
 @pytest.fixture(scope="module")
@@ -97,8 +113,17 @@ def test_varied_lengths_batched_equal_alone_and_share_one_program(tiny, greedy):
     with backend_compiles() as compiles:
         for r in range(3):
             t = int(mask[r].sum())
-            alone = D.generate(cfg, params, ids[r:r + 1, -t:], mask[r:r + 1, -t:], px[r:r + 1], hp[r:r + 1],
-                               max_new_tokens=NEW, length_bucket=BUCKET, batch_size=BATCH)
+            alone = D.generate(
+                cfg,
+                params,
+                ids[r : r + 1, -t:],
+                mask[r : r + 1, -t:],
+                px[r : r + 1],
+                hp[r : r + 1],
+                max_new_tokens=NEW,
+                length_bucket=BUCKET,
+                batch_size=BATCH,
+            )
             np.testing.assert_array_equal(alone[0], out[r])
     # Prompt lengths 20, 27, 33 (alone) and 33 (batched) all sit in the 64 bucket: nothing compiled.
     assert compiles == [] and D.trace_count() == traces
@@ -111,7 +136,9 @@ def test_greedy_equals_greedy_generate(tiny, greedy):
     # At the bucket's shapes greedy_generate reuses generate's program (the filler row then decodes too).
     pids, pmask, ppx, php, _ = D.pad_to_bucket(ids, mask, px, hp, length=BUCKET, batch=BATCH)
     traces = D.trace_count()
-    ref = D.greedy_generate(cfg, params, jnp.asarray(pids), jnp.asarray(pmask), ppx, php, max_new_tokens=NEW)
+    ref = D.greedy_generate(
+        cfg, params, jnp.asarray(pids), jnp.asarray(pmask), ppx, php, max_new_tokens=NEW
+    )
     np.testing.assert_array_equal(out, np.asarray(ref)[:3])
     assert D.trace_count() == traces
 
@@ -137,18 +164,31 @@ def test_sampling_reproducible_and_greedy_limits(tiny, greedy):
     c = _gen(cfg, params, batch, temperature=1.0, top_p=0.9, rng=4)
     np.testing.assert_array_equal(a, b)
     assert (a != c).any() and (a != free).any()
-    ids, mask, px, hp = batch  # row 0 alone (shorter, more padding) draws the same tokens: keys are per row
+    # row 0 alone (shorter, more padding) draws the same tokens: keys are per row
+    ids, mask, px, hp = batch
     t = int(mask[0].sum())
-    alone = _gen(cfg, params, (ids[:1, -t:], mask[:1, -t:], px[:1], hp[:1]), temperature=1.0, top_p=0.9, rng=3)
+    alone = _gen(
+        cfg,
+        params,
+        (ids[:1, -t:], mask[:1, -t:], px[:1], hp[:1]),
+        temperature=1.0,
+        top_p=0.9,
+        rng=3,
+    )
     np.testing.assert_array_equal(alone[0], a[0])
     # temperature -> 0 and a nucleus holding only the top token both reduce to greedy (same program).
     np.testing.assert_array_equal(_gen(cfg, params, batch, temperature=1e-6, rng=3), free)
-    np.testing.assert_array_equal(_gen(cfg, params, batch, temperature=1.0, top_p=1e-6, rng=5), free)
+    np.testing.assert_array_equal(
+        _gen(cfg, params, batch, temperature=1.0, top_p=1e-6, rng=5), free
+    )
 
 
 def test_nucleus_filter_keeps_the_smallest_set_reaching_top_p():
     logits = jnp.log(jnp.asarray([[0.5, 0.3, 0.15, 0.05]]))
-    kept = lambda p: np.isfinite(np.asarray(D.nucleus_filter(logits, jnp.float32(1), jnp.float32(p))))[0]  # noqa
+
+    def kept(p):
+        return np.isfinite(np.asarray(D.nucleus_filter(logits, jnp.float32(1), jnp.float32(p))))[0]
+
     assert kept(0.5).tolist() == [True, False, False, False]
     assert kept(0.6).tolist() == [True, True, False, False]
     assert kept(0.95).tolist() == [True, True, True, False]
@@ -161,7 +201,9 @@ def test_generate_rejects_bad_requests(tiny):
     with pytest.raises(ValueError, match="left-padded"):
         D.generate(cfg, params, ids, mask, max_new_tokens=2)
     with pytest.raises(ValueError, match="top_p"):
-        D.generate(cfg, params, ids, np.ones_like(ids), max_new_tokens=2, temperature=1.0, top_p=0.0)
+        D.generate(
+            cfg, params, ids, np.ones_like(ids), max_new_tokens=2, temperature=1.0, top_p=0.0
+        )
     with pytest.raises(ValueError, match="batch_size"):
         D.generate(cfg, params, ids, np.ones_like(ids), max_new_tokens=2, batch_size=0)
 
@@ -174,14 +216,19 @@ QUESTION = "What is the value for 2017?"
 @pytest.fixture(scope="module")
 def ckpt(tmp_path_factory):
     """A tiny checkpoint (vocab 512, image id 4) holding a SentencePiece tokenizer trained on the corpus."""
+    from dsvl_jax.checkpoints import save_params
     from dsvl_jax.data import corpus, tokenizer
-    from dsvl_jax.train.checkpoint import save_params
 
     d = tmp_path_factory.mktemp("chat")
-    examples = [*corpus.generate("chart", 40, 0, image_size=64), *corpus.generate("caption", 40, 0, image_size=64)]
+    examples = [
+        *corpus.generate("chart", 40, 0, image_size=64),
+        *corpus.generate("caption", 40, 0, image_size=64),
+    ]
     tokenizer.train_on_examples(examples, 400, out=d / "trained.model")
     base = model_config("tiny")
-    cfg = dataclasses.replace(base, llm=dataclasses.replace(base.llm, vocab_size=512), image_token_id=4)
+    cfg = dataclasses.replace(
+        base, llm=dataclasses.replace(base.llm, vocab_size=512), image_token_id=4
+    )
     out = d / "ckpt"
     save_params(str(out), cfg, random_params(cfg, 1))
     shutil.copy(d / "trained.model", out / "tokenizer.model")
@@ -193,7 +240,9 @@ def ckpt(tmp_path_factory):
 @pytest.fixture(scope="module")
 def engine(ckpt):
     from dsvl_jax.infer import Engine
-    return Engine.load(ckpt[0], batch_size=4)  # the batch of the (2, 2, 2) mesh below: one program each
+
+    # the batch of the (2, 2, 2) mesh below: one program each
+    return Engine.load(ckpt[0], batch_size=4)
 
 
 @pytest.fixture(scope="module")
@@ -212,7 +261,8 @@ def test_engine_sharded_gives_the_same_tokens(engine, ckpt):
     a = engine.generate_ids(prompts, max_new_tokens=NEW)
     b = sharded.generate_ids(prompts, max_new_tokens=NEW)
     np.testing.assert_array_equal(a, b)
-    assert a.max() < engine.tokenizer.vocab_size  # 400-piece tokenizer, 512-row embedding: ids stay decodable
+    # 400-piece tokenizer, 512-row embedding: ids stay decodable
+    assert a.max() < engine.tokenizer.vocab_size
 
 
 def test_engine_checks_requests(engine, ckpt):
@@ -225,12 +275,13 @@ def test_engine_checks_requests(engine, ckpt):
 
 
 def _chat(*args, stdin=None):
-    return subprocess.run([sys.executable, "-m", "dsvl_jax.chat", *args], cwd=REPO, input=stdin,
-                          capture_output=True, text=True, timeout=300)
+    return commands.run("chat", *args, stdin=stdin, timeout=300)
 
 
 def test_chat_cli_answers_like_the_engine(ckpt, answer):
-    res = _chat("--checkpoint", str(ckpt[0]), "--image", str(ckpt[1]), f"--max_new_tokens={NEW}", QUESTION)
+    res = _chat(
+        "--checkpoint", str(ckpt[0]), "--image", str(ckpt[1]), f"--max_new_tokens={NEW}", QUESTION
+    )
     assert res.returncode == 0, res.stderr[-2000:]
     assert res.stdout == answer + "\n"
 
@@ -238,8 +289,8 @@ def test_chat_cli_answers_like_the_engine(ckpt, answer):
 def test_chat_cli_missing_image_is_one_line_error(ckpt, tmp_path):
     missing = tmp_path / "nope.png"
     res = _chat("--checkpoint", str(ckpt[0]), "--image", str(missing), QUESTION)
-    assert res.returncode != 0
-    assert res.stderr.strip() == f"chat: image {missing} not found"
+    assert res.returncode == 2
+    assert res.stderr.strip() == f"chat: error: image {missing} not found"
 
 
 def test_chat_interactive_loop(engine, ckpt, answer, tmp_path):
@@ -251,7 +302,10 @@ def test_chat_interactive_loop(engine, ckpt, answer, tmp_path):
     def ask(messages, images):
         asked.append((messages, images))
         return engine.chat([messages], [images], max_new_tokens=NEW)[0]
-    lines = io.StringIO(f"/image {tmp_path / 'nope.png'}\n/image {ckpt[1]}\n{QUESTION}\n\nnot read\n")
+
+    lines = io.StringIO(
+        f"/image {tmp_path / 'nope.png'}\n/image {ckpt[1]}\n{QUESTION}\n\nnot read\n"
+    )
     out, err = io.StringIO(), io.StringIO()
     interactive(ask, [], lines, out, err)
     assert out.getvalue() == answer + "\n"

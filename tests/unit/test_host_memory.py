@@ -2,6 +2,7 @@
 
 Run in subprocesses: mallopt settings are process-wide and must not leak into the test process.
 """
+
 import os
 import subprocess
 import sys
@@ -27,7 +28,9 @@ print(allocator(), applied, sorted(per_call)[2])  # median call
 def _faults(**env):
     e = {k: v for k, v in os.environ.items() if k != "LD_PRELOAD"}
     e.update(PYTHONPATH=ROOT, JAX_PLATFORMS="cpu", XLA_FLAGS="", **env)
-    p = subprocess.run([sys.executable, "-c", SCRIPT], env=e, capture_output=True, text=True, timeout=300)
+    p = subprocess.run(
+        [sys.executable, "-c", SCRIPT], env=e, capture_output=True, text=True, timeout=300
+    )
     assert p.returncode == 0, p.stderr[-2000:]
     name, applied, faults = p.stdout.split()
     return name, applied == "True", float(faults)
@@ -38,6 +41,8 @@ def test_retained_memory_removes_per_call_page_faults():
     assert (name, applied) == ("glibc", True)
     _, applied_sys, system = _faults(DSVL_HOST_ALLOCATOR="system")
     assert not applied_sys
-    print(f"minor page faults per call (median of 5): {system:.0f} with glibc defaults, {retained:.0f} retained")
+    print(
+        f"minor page faults per call (median of 5): {system:.0f} with glibc defaults, {retained:.0f} retained"
+    )
     assert system > 10_000  # the 64 MB temporary is fresh pages on every call (16k x 4 KiB)
     assert retained < 100

@@ -1,17 +1,20 @@
 """Mixture ratio + warm-up, packing (segments/positions, no attention across documents), iterator state."""
+
 import grain
 import numpy as np
 import pytest
 
 from dsvl_jax.data.mixture import MULTIMODAL, TEXT, Credits, Mixer, RatioSchedule
 from dsvl_jax.data.packing import RowPacker, Sample
-from dsvl_jax.data.pipeline import DataError, PackedBatches, SourceSpec, Skipped
+from dsvl_jax.data.pipeline import DataError, PackedBatches, Skipped, SourceSpec
 
 IMG, N_IMG = 100, 4  # image token id, tokens per image (toy)
 
 
 def test_ratio_within_2_percent_over_5000_samples():
-    mixer = Mixer([TEXT, MULTIMODAL, MULTIMODAL, TEXT], [1.0, 3.0, 1.0, 1.0], RatioSchedule(end=0.7))
+    mixer = Mixer(
+        [TEXT, MULTIMODAL, MULTIMODAL, TEXT], [1.0, 3.0, 1.0, 1.0], RatioSchedule(end=0.7)
+    )
     picks = np.array([mixer.choose(step=0) for _ in range(5000)])
     text_share = np.isin(picks, [0, 3]).mean()
     assert abs(text_share - 0.7) <= 0.02
@@ -22,7 +25,12 @@ def test_ratio_within_2_percent_over_5000_samples():
 
 def test_warmup_schedule_is_followed():
     sched = RatioSchedule(end=0.7, start=1.0, warmup_steps=100)
-    assert sched(0) == 1.0 and sched(50) == pytest.approx(0.85) and sched(100) == 0.7 and sched(10**6) == 0.7
+    assert (
+        sched(0) == 1.0
+        and sched(50) == pytest.approx(0.85)
+        and sched(100) == 0.7
+        and sched(10**6) == 0.7
+    )
     mixer = Mixer([TEXT, MULTIMODAL], [1.0, 1.0], sched)
     per_step = 200  # samples drawn at each step
     shares = []
@@ -41,13 +49,15 @@ def test_credits_state_round_trip():
         a.choose([0.2, 0.5, 0.3])
     b = Credits(3)
     b.set_state(a.get_state())
-    assert [a.choose([0.2, 0.5, 0.3]) for _ in range(50)] == [b.choose([0.2, 0.5, 0.3]) for _ in range(50)]
+    assert [a.choose([0.2, 0.5, 0.3]) for _ in range(50)] == [
+        b.choose([0.2, 0.5, 0.3]) for _ in range(50)
+    ]
 
 
 def _sample(i: int, n_tokens: int, n_images: int = 0, source: int = 0, size: int = 8) -> Sample:
     ids = np.full(n_tokens, 10 + i % 50, np.int32)
     ids[0] = 1
-    ids[1:1 + n_images * N_IMG] = IMG
+    ids[1 : 1 + n_images * N_IMG] = IMG
     mask = (ids != IMG).astype(np.uint8)
     mask[0] = 0
     px = np.full((n_images, size, size, 3), i % 255, np.uint8) if n_images else None
@@ -80,6 +90,7 @@ def test_packing_segments_positions_and_images():
 def test_packed_attention_never_crosses_documents():
     """Logits of each document inside a packed row equal the logits of that document alone."""
     import jax
+
     from dsvl_jax.model.params import init_params
     from dsvl_jax.model.sizes import model_config
     from dsvl_jax.model.vlm import DeepseekVL
@@ -93,7 +104,8 @@ def test_packed_attention_never_crosses_documents():
     for i, d in enumerate(docs):
         assert p.add(Sample(f"d{i}", 0, d, np.ones_like(d, np.uint8), None))
     b = p.emit(with_images=False)
-    logits = jax.jit(lambda ids, pos, seg: model.apply(params, ids, pos, seg)[0])  # one shape, one compile
+    # one shape, one compile
+    logits = jax.jit(lambda ids, pos, seg: model.apply(params, ids, pos, seg)[0])
     packed = logits(b["ids"], b["positions"], b["segments"])
     start = 0
     for d in docs:
@@ -101,26 +113,42 @@ def test_packed_attention_never_crosses_documents():
         ids, pos, seg = (np.zeros((1, 32), np.int32) for _ in range(3))
         ids[0, :n], pos[0, :n], seg[0, :n] = d[:-1], np.arange(n), 1  # the document alone, padded
         alone = logits(ids, pos, seg)
-        np.testing.assert_allclose(np.asarray(packed[0, start:start + n]), np.asarray(alone[0, :n]), atol=2e-5, rtol=0)
+        np.testing.assert_allclose(
+            np.asarray(packed[0, start : start + n]), np.asarray(alone[0, :n]), atol=2e-5, rtol=0
+        )
         start += n
 
 
 # --- PackedBatches over in-memory sample sources ------------------------------------------------
+
 
 def _source(k: int, n: int, images: int, bad_every: int = 0):
     def make(i):
         if bad_every and i % bad_every == 0:
             return Skipped(f"src{k}-{i}", k, "image_corrupt", "planted")
         return _sample(i + 1000 * k, 5 + i % 7, images, source=k)
+
     return grain.MapDataset.range(n).shuffle(seed=k).repeat().map(make).to_iter_dataset()
 
 
 def _packed(one_modality=False, warmup=0, bad_every=0, max_skip_rate=0.5):
     specs = [SourceSpec("text", None, 1.0, TEXT), SourceSpec("mm", None, 1.0, MULTIMODAL)]
     parents = [_source(0, 50, 0), _source(1, 40, 1, bad_every)]
-    return PackedBatches(parents, specs, schedule=RatioSchedule(end=0.7, warmup_steps=warmup), rows=4, seq_len=32,
-                         image_slots=2, low_size=8, high_size=None, image_token_id=IMG, num_image_tokens=N_IMG,
-                         one_modality_per_batch=one_modality, max_skip_rate=max_skip_rate, min_seen=20)
+    return PackedBatches(
+        parents,
+        specs,
+        schedule=RatioSchedule(end=0.7, warmup_steps=warmup),
+        rows=4,
+        seq_len=32,
+        image_slots=2,
+        low_size=8,
+        high_size=None,
+        image_token_id=IMG,
+        num_image_tokens=N_IMG,
+        one_modality_per_batch=one_modality,
+        max_skip_rate=max_skip_rate,
+        min_seen=20,
+    )
 
 
 @pytest.mark.parametrize("one_modality", [False, True])
@@ -149,19 +177,26 @@ def test_one_modality_batches_and_skip_counts():
             assert not np.any(b["ids"] == IMG)
     assert 0.55 <= 1 - np.mean(kinds) <= 0.85  # text batches at ~0.7 of steps
     stats = it.stats()
-    assert stats["mm"]["skipped"]["image_corrupt"] > 0 and "image_corrupt" not in stats["text"]["skipped"]
+    assert (
+        stats["mm"]["skipped"]["image_corrupt"] > 0
+        and "image_corrupt" not in stats["text"]["skipped"]
+    )
     assert stats["mm"]["seen"] == stats["mm"]["used"] + stats["mm"]["skipped"]["image_corrupt"]
 
 
 def test_skip_rate_cap_is_a_clear_error():
     it = iter(_packed(bad_every=2, max_skip_rate=0.1))
-    with pytest.raises(DataError, match=r"source 'mm': 9 of 21 records skipped \(42.9%\) > data.max_skip_rate=10.0%"):
+    with pytest.raises(
+        DataError,
+        match=r"source 'mm': 9 of 21 records skipped \(42.9%\) > data.max_skip_rate=10.0%",
+    ):
         for _ in range(50):
             next(it)
 
 
 def test_fit_to_row_never_cuts_an_image_block():
     from dsvl_jax.data.pipeline import fit_to_row
+
     ids = np.array([1] + [7] * 3 + [IMG] * N_IMG + [8] * 5 + [IMG] * N_IMG + [9] * 6, np.int32)
     mask = (ids != IMG).astype(np.uint8)
     mask[0] = 0
@@ -171,7 +206,9 @@ def test_fit_to_row_never_cuts_an_image_block():
     # the second block starts at 13 < 16: keep 13 tokens and one image
     assert why == "truncated" and cut.ids.tolist() == ids[:13].tolist() and cut.num_images == 1
     assert cut.pixels[0, 0, 0, 0] == 0
-    whole, why = fit_to_row(s, seq_len=30, image_slots=2, image_token_id=IMG, num_image_tokens=N_IMG)
+    whole, why = fit_to_row(
+        s, seq_len=30, image_slots=2, image_token_id=IMG, num_image_tokens=N_IMG
+    )
     assert whole is s and why == ""
     none, why = fit_to_row(s, seq_len=30, image_slots=1, image_token_id=IMG, num_image_tokens=N_IMG)
     assert none is None and "image slots" in why

@@ -1,4 +1,5 @@
 """Model behaviour that needs no HF oracle: layouts, padding, dtype policy, remat, logical axes."""
+
 import dataclasses
 
 import jax
@@ -22,20 +23,26 @@ def _batch(cfg, seed=0, pad=0):
     rng = np.random.default_rng(seed)
     n = cfg.num_image_tokens
     ids = rng.integers(101, cfg.llm.vocab_size, (1, 6 + n)).astype(np.int32)
-    ids[0, 2:2 + n] = cfg.image_token_id
+    ids[0, 2 : 2 + n] = cfg.image_token_id
     mask = np.ones_like(ids)
     if pad:
         ids = np.concatenate([np.zeros((1, pad), np.int32), ids], 1)
         mask = np.concatenate([np.zeros((1, pad), np.int32), mask], 1)
     px = rng.uniform(-1, 1, (1, 3, cfg.siglip.image_size, cfg.siglip.image_size)).astype(np.float32)
-    hp = rng.normal(size=(1, 3, cfg.sam.image_size, cfg.sam.image_size)).astype(np.float32) if cfg.hybrid else None
+    hp = (
+        rng.normal(size=(1, 3, cfg.sam.image_size, cfg.sam.image_size)).astype(np.float32)
+        if cfg.hybrid
+        else None
+    )
     return ids, mask, px, hp
 
 
 def test_scan_and_unrolled_layouts_agree(tiny):
     cfg, params = tiny
     ucfg = dataclasses.replace(cfg, scan_layers=False)
-    uparams = P.unflatten(P.unstack_layers({k: np.asarray(v) for k, v in P.flatten(params).items()}))
+    uparams = P.unflatten(
+        P.unstack_layers({k: np.asarray(v) for k, v in P.flatten(params).items()})
+    )
     assert jax.tree.structure(uparams) == jax.tree.structure(P.abstract_params(ucfg))
     ids, mask, px, hp = _batch(cfg)
     a = api.forward(cfg, params, ids, px, hp, mask)
@@ -83,9 +90,14 @@ def test_remat_policies_leave_values_and_grads_unchanged(tiny):
     pos = jnp.arange(ids.shape[1])[None]
 
     def loss(p, c):
-        logits, _ = DeepseekVL(c).apply({"params": p}, jnp.asarray(ids), pos, jnp.asarray(mask),
-                                         pixels=jnp.asarray(px.transpose(0, 2, 3, 1)),
-                                         high_pixels=jnp.asarray(hp.transpose(0, 2, 3, 1)))
+        logits, _ = DeepseekVL(c).apply(
+            {"params": p},
+            jnp.asarray(ids),
+            pos,
+            jnp.asarray(mask),
+            pixels=jnp.asarray(px.transpose(0, 2, 3, 1)),
+            high_pixels=jnp.asarray(hp.transpose(0, 2, 3, 1)),
+        )
         return jnp.mean(jax.nn.logsumexp(logits, -1))
 
     vg = jax.jit(jax.value_and_grad(loss), static_argnums=1)
@@ -101,8 +113,13 @@ def test_remat_policies_leave_values_and_grads_unchanged(tiny):
 @pytest.mark.parametrize("size", ["tiny", "tiny_siglip", "1.3b", "7b"])
 def test_every_parameter_has_logical_axis_names(size):
     cfg = model_config(size)
-    specs = P.flatten(jax.tree.map(lambda s: tuple(s), P.logical_axes(cfg),
-                                   is_leaf=lambda x: isinstance(x, jax.sharding.PartitionSpec)))
+    specs = P.flatten(
+        jax.tree.map(
+            lambda s: tuple(s),
+            P.logical_axes(cfg),
+            is_leaf=lambda x: isinstance(x, jax.sharding.PartitionSpec),
+        )
+    )
     shapes = P.flatten(P.abstract_params(cfg))
     assert specs.keys() == shapes.keys()
     for path, names in specs.items():

@@ -1,4 +1,5 @@
 """The grain pipeline end to end: ArrayRecord shards + SentencePiece -> packed dual-resolution batches."""
+
 import io
 
 import grain
@@ -38,8 +39,10 @@ def _cfg(root, **data):
 
 
 def _sources(dirs):
-    return [pipeline.SourceSpec(k, shards.open_source(d), 1.0, TEXT if k == "text" else MULTIMODAL)
-            for k, d in dirs.items()]
+    return [
+        pipeline.SourceSpec(k, shards.open_source(d), 1.0, TEXT if k == "text" else MULTIMODAL)
+        for k, d in dirs.items()
+    ]
 
 
 def test_batches_have_fixed_shapes_and_uint8_views(corpus):
@@ -49,7 +52,11 @@ def test_batches_have_fixed_shapes_and_uint8_views(corpus):
         c.data.sources[kind] = {"path": d, "weight": 1.0}
     it = iter(pipeline.build(c))  # sources from the config, groups from the records
     b = next(it)
-    assert b["ids"].shape == (4, 128) and b["pixels"].shape == (4, 2, 32, 32, 3) and b["pixels"].dtype == np.uint8
+    assert (
+        b["ids"].shape == (4, 128)
+        and b["pixels"].shape == (4, 2, 32, 32, 3)
+        and b["pixels"].dtype == np.uint8
+    )
     assert b["high_pixels"].shape == (4, 2, 64, 64, 3)
     assert [s.group for s in pipeline.open_configured_sources(c.data)] == [MULTIMODAL] * 3 + [TEXT]
     for _ in range(5):
@@ -69,7 +76,10 @@ def test_loss_mask_covers_answers_only(corpus):
     it = iter(pipeline.build(c, sources=[pipeline.SourceSpec("chart", src, 1.0, MULTIMODAL)]))
     tok = tokenizer.load_tokenizer(str(root / "tok.model"))
     b = next(it)
-    answers = [" ".join(m.content.strip() for m in src[i].messages if m.role == "assistant") for i in range(12)]
+    answers = [
+        " ".join(m.content.strip() for m in src[i].messages if m.role == "assistant")
+        for i in range(12)
+    ]
     for r in range(4):
         sup = b["targets"][r][b["loss_mask"][r] > 0].tolist()
         assert sup and sup[-1] == tok.eos_id
@@ -89,7 +99,9 @@ def test_restore_from_a_saved_iterator_continues_with_the_same_samples(corpus, t
         mngr.wait_until_finished()
         expected = [next(it) for _ in range(4)]
         fresh = iter(pipeline.build(c, sources=_sources(dirs)))
-        mngr.restore(3, args=ocp.args.Composite(data_iter=grain.checkpoint.CheckpointRestore(fresh)))
+        mngr.restore(
+            3, args=ocp.args.Composite(data_iter=grain.checkpoint.CheckpointRestore(fresh))
+        )
     for a, b in zip(expected, (next(fresh) for _ in range(4))):
         assert a.keys() == b.keys()
         for k in a:
@@ -97,13 +109,20 @@ def test_restore_from_a_saved_iterator_continues_with_the_same_samples(corpus, t
 
 
 def test_hosts_read_disjoint_parts_that_cover_the_source(corpus):
-    root, dirs = corpus
+    _, dirs = corpus
     spec = _sources(dirs)[0]
     n = len(spec.data)
     seen = []
     for host in range(2):
-        ds = pipeline.source_dataset(spec, 0, lambda ex: ex.id, seed=0, host=host, hosts=2,
-                                     read=grain.ReadOptions(num_threads=1))
+        ds = pipeline.source_dataset(
+            spec,
+            0,
+            lambda ex: ex.id,
+            seed=0,
+            host=host,
+            hosts=2,
+            read=grain.ReadOptions(num_threads=1),
+        )
         it = iter(ds)
         seen.append({next(it) for _ in range(n // 2)})
     assert not seen[0] & seen[1]
@@ -121,16 +140,25 @@ def test_planted_bad_records_are_skipped_and_reported_exactly(corpus):
     good = _png()
     huge = io.BytesIO()
     Image.new("1", (9000, 9000)).save(huge, "PNG")  # small file, 81 M pixels
-    cap = lambda i, img: Example(f"bad-{i}", "caption", (Message("text", IMAGE_TAG + "a red box"),), (img,))  # noqa
+
+    def cap(i, img):
+        return Example(f"bad-{i}", "caption", (Message("text", IMAGE_TAG + "a red box"),), (img,))
+
     planted = {
         "bad-empty": (cap("empty", b""), "image_empty"),
-        "bad-trunc": (cap("trunc", good[:len(good) // 2]), "image_corrupt"),
+        "bad-trunc": (cap("trunc", good[: len(good) // 2]), "image_corrupt"),
         "bad-notimg": (cap("notimg", b"just some text, not a PNG"), "not_an_image"),
         "bad-huge": (cap("huge", huge.getvalue()), "image_too_large"),
-        "bad-conv": (Example("bad-conv", "chart", (Message("assistant", IMAGE_TAG + "hi"),), (good,)),
-                     "bad_conversation"),
-        "bad-count": (Example("bad-count", "caption", (Message("text", "two tags " + IMAGE_TAG * 2),), (good,)),
-                      "image_count_mismatch"),
+        "bad-conv": (
+            Example("bad-conv", "chart", (Message("assistant", IMAGE_TAG + "hi"),), (good,)),
+            "bad_conversation",
+        ),
+        "bad-count": (
+            Example(
+                "bad-count", "caption", (Message("text", "two tags " + IMAGE_TAG * 2),), (good,)
+            ),
+            "image_count_mismatch",
+        ),
     }
     data = [cap(f"ok{i}", good) for i in range(14)]
     for i, (ex, _) in enumerate(planted.values()):
@@ -140,17 +168,22 @@ def test_planted_bad_records_are_skipped_and_reported_exactly(corpus):
     while pipeline.iterator_stats(it)["caps"]["seen"] < len(data):
         next(it)
     st = pipeline.iterator_stats(it)["caps"]
-    first_epoch = st["skipped_ids"][:len(planted)]
+    first_epoch = st["skipped_ids"][: len(planted)]
     assert sorted(map(tuple, first_epoch)) == sorted((k, r) for k, (_, r) in planted.items())
     assert sum(st["skipped"].values()) >= len(planted)
 
 
 def test_skip_rate_cap_stops_with_the_source_named(corpus):
     root, _ = corpus
-    data = [Example(f"e{i}", "caption", (Message("text", IMAGE_TAG + "x"),), (b"broken",)) for i in range(10)]
+    data = [
+        Example(f"e{i}", "caption", (Message("text", IMAGE_TAG + "x"),), (b"broken",))
+        for i in range(10)
+    ]
     data.append(Example("fine", "caption", (Message("text", IMAGE_TAG + "fine"),), (_png(),)))
     c = _cfg(root, max_skip_rate=0.2, min_seen=5)
-    it = iter(pipeline.build(c, sources=[pipeline.SourceSpec("broken_caps", data, 1.0, MULTIMODAL)]))
+    it = iter(
+        pipeline.build(c, sources=[pipeline.SourceSpec("broken_caps", data, 1.0, MULTIMODAL)])
+    )
     with pytest.raises(pipeline.DataError, match="source 'broken_caps'.*max_skip_rate=20.0%"):
         next(it)
 
@@ -167,6 +200,7 @@ def test_tokenizer_and_model_must_agree(corpus):
 def test_worker_processes_give_batches_and_a_checkpointable_state(corpus):
     """data.workers > 0: grain worker processes each run the pipeline on their share of every source."""
     from absl import flags
+
     flags.FLAGS.mark_as_parsed()  # grain workers read absl flags
     root, dirs = corpus
     c = _cfg(root, workers=2, prefetch=2)

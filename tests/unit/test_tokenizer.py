@@ -3,6 +3,7 @@
 Everything is built here from generated text: a SentencePiece model and a byte-level BPE
 tokenizer.json (DeepSeek's kind of tokenizer) with DeepSeek's special strings.
 """
+
 import json
 import random
 
@@ -10,14 +11,63 @@ import numpy as np
 import pytest
 
 from dsvl_jax.data.records import IMAGE_TAG, BadRecord, Example, Message
-from dsvl_jax.data.template import (DEFAULT_SYSTEM_PROMPT, TemplateError, format_conversation, render,
-                                    render_generation_prompt)
-from dsvl_jax.data.tokenizer import (DEEPSEEK_BOS, DEEPSEEK_EOS, HFTokenizer, SentencePieceTokenizer,
-                                     TokenizerError, load_tokenizer, train_sentencepiece)
+from dsvl_jax.data.template import (
+    DEFAULT_SYSTEM_PROMPT,
+    TemplateError,
+    format_conversation,
+    render,
+    render_generation_prompt,
+)
+from dsvl_jax.data.tokenizer import (
+    DEEPSEEK_BOS,
+    DEEPSEEK_EOS,
+    HFTokenizer,
+    SentencePieceTokenizer,
+    TokenizerError,
+    load_tokenizer,
+    train_sentencepiece,
+)
 
 N_IMG = 16  # image tokens per image of the tiny test model (576 for real models)
-WORDS = ("the a cat dog sat on mat image shows chart with red blue bars lines describe what you see answer "
-         "question table row column value total price year page text title 12 345 is are of in").split()
+WORDS = [
+    "the",
+    "a",
+    "cat",
+    "dog",
+    "sat",
+    "on",
+    "mat",
+    "image",
+    "shows",
+    "chart",
+    "with",
+    "red",
+    "blue",
+    "bars",
+    "lines",
+    "describe",
+    "what",
+    "you",
+    "see",
+    "answer",
+    "question",
+    "table",
+    "row",
+    "column",
+    "value",
+    "total",
+    "price",
+    "year",
+    "page",
+    "text",
+    "title",
+    "12",
+    "345",
+    "is",
+    "are",
+    "of",
+    "in",
+]
 
 
 def _sentences(seed: int, n: int) -> list[str]:
@@ -29,7 +79,11 @@ def _sentences(seed: int, n: int) -> list[str]:
     return out
 
 
-CORPUS = _sentences(0, 300) + [DEFAULT_SYSTEM_PROMPT, "User: what is this?\n\nAssistant: a chart.", IMAGE_TAG]
+CORPUS = _sentences(0, 300) + [
+    DEFAULT_SYSTEM_PROMPT,
+    "User: what is this?\n\nAssistant: a chart.",
+    IMAGE_TAG,
+]
 
 
 @pytest.fixture(scope="session")
@@ -44,9 +98,15 @@ def _byte_bpe(folder, pre_tokenizer) -> None:
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizer
     tok.decoder = decoders.ByteLevel()
-    tok.train_from_iterator(CORPUS, trainers.BpeTrainer(
-        vocab_size=400, special_tokens=[DEEPSEEK_BOS, DEEPSEEK_EOS], show_progress=False,
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
+    tok.train_from_iterator(
+        CORPUS,
+        trainers.BpeTrainer(
+            vocab_size=400,
+            special_tokens=[DEEPSEEK_BOS, DEEPSEEK_EOS],
+            show_progress=False,
+            initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        ),
+    )
     tok.add_special_tokens([IMAGE_TAG])
     tok.save(str(folder / "tokenizer.json"))
 
@@ -58,10 +118,19 @@ def hf_dir(tmp_path_factory):
 
     d = tmp_path_factory.mktemp("hf_tok")
     _byte_bpe(d, pre_tokenizers.ByteLevel(add_prefix_space=False))
-    (d / "tokenizer_config.json").write_text(json.dumps({  # DeepSeek's form: AddedToken dicts, no pad
-        "add_bos_token": True, "bos_token": {"__type": "AddedToken", "content": DEEPSEEK_BOS},
-        "eos_token": {"__type": "AddedToken", "content": DEEPSEEK_EOS}, "pad_token": None}))
-    (d / "special_tokens_map.json").write_text(json.dumps({"additional_special_tokens": [IMAGE_TAG]}))
+    (d / "tokenizer_config.json").write_text(
+        json.dumps(
+            {  # DeepSeek's form: AddedToken dicts, no pad
+                "add_bos_token": True,
+                "bos_token": {"__type": "AddedToken", "content": DEEPSEEK_BOS},
+                "eos_token": {"__type": "AddedToken", "content": DEEPSEEK_EOS},
+                "pad_token": None,
+            }
+        )
+    )
+    (d / "special_tokens_map.json").write_text(
+        json.dumps({"additional_special_tokens": [IMAGE_TAG]})
+    )
     return d
 
 
@@ -77,9 +146,19 @@ def hf_split_tok(tmp_path_factory) -> HFTokenizer:
     from tokenizers import pre_tokenizers as pt
 
     d = tmp_path_factory.mktemp("hf_split_tok")
-    splits = [pt.Split(p, "isolated") for p in (r"[\r\n]", r"\s?[A-Za-z]+", r"\s?[!-/:-~]+", r"\s+$")]
-    _byte_bpe(d, pt.Sequence(splits + [pt.Digits(individual_digits=True),
-                                       pt.ByteLevel(add_prefix_space=False, use_regex=False)]))
+    splits = [
+        pt.Split(p, "isolated") for p in (r"[\r\n]", r"\s?[A-Za-z]+", r"\s?[!-/:-~]+", r"\s+$")
+    ]
+    _byte_bpe(
+        d,
+        pt.Sequence(
+            splits
+            + [
+                pt.Digits(individual_digits=True),
+                pt.ByteLevel(add_prefix_space=False, use_regex=False),
+            ]
+        ),
+    )
     return HFTokenizer(d / "tokenizer.json")
 
 
@@ -88,11 +167,19 @@ def tok(request, sp_tok, hf_tok, hf_split_tok):
     return {"sp": sp_tok, "hf": hf_tok, "hf_split": hf_split_tok}[request.param]
 
 
-ROUND_TRIP = ["The cat sat.", " leading space", "two  spaces\n\nand newlines\n", "héllo wörld 你好 🙂",
-              "digits 2024 and x", f"a{IMAGE_TAG}b {IMAGE_TAG}", ""]
+ROUND_TRIP = [
+    "The cat sat.",
+    " leading space",
+    "two  spaces\n\nand newlines\n",
+    "héllo wörld 你好 🙂",
+    "digits 2024 and x",
+    f"a{IMAGE_TAG}b {IMAGE_TAG}",
+    "",
+]
 
 
 # --- tokenizers ----------------------------------------------------------------------------------
+
 
 def test_sentencepiece_special_ids_are_fixed(sp_tok):
     assert (sp_tok.pad_id, sp_tok.bos_id, sp_tok.eos_id, sp_tok.image_token_id) == (0, 2, 3, 4)
@@ -108,10 +195,16 @@ def test_round_trip_and_image_tag_is_one_id(tok):
         assert tok.decode(ids) == s, s
     ids = tok.encode(f"see{IMAGE_TAG}the chart")
     assert ids.count(tok.image_token_id) == 1
-    assert tok.decode(ids[:ids.index(tok.image_token_id)]) == "see"
-    assert tok.decode(ids[ids.index(tok.image_token_id) + 1:]) == "the chart"
-    assert tok.encode(f"x{DEEPSEEK_EOS}y").count(tok.eos_id) == 1  # special strings map to their ids
-    assert tok.decode([tok.bos_id, *tok.encode("hi"), tok.image_token_id, tok.eos_id], skip_special=True) == "hi"
+    assert tok.decode(ids[: ids.index(tok.image_token_id)]) == "see"
+    assert tok.decode(ids[ids.index(tok.image_token_id) + 1 :]) == "the chart"
+    # special strings map to their ids
+    assert tok.encode(f"x{DEEPSEEK_EOS}y").count(tok.eos_id) == 1
+    assert (
+        tok.decode(
+            [tok.bos_id, *tok.encode("hi"), tok.image_token_id, tok.eos_id], skip_special=True
+        )
+        == "hi"
+    )
 
 
 def test_sentencepiece_file_and_load_tokenizer(tmp_path, sp_tok):
@@ -134,13 +227,24 @@ def test_sentencepiece_errors(tmp_path):
     with pytest.raises(TokenizerError, match="junk.model: not a SentencePiece model"):
         load_tokenizer(tmp_path / "junk.model")
     buf = io.BytesIO()  # a model trained with SentencePiece defaults: no image piece, dummy prefix
-    spm.SentencePieceTrainer.train(sentence_iterator=iter(CORPUS), model_writer=buf, vocab_size=120,
-                                   hard_vocab_limit=False, minloglevel=2)
+    spm.SentencePieceTrainer.train(
+        sentence_iterator=iter(CORPUS),
+        model_writer=buf,
+        vocab_size=120,
+        hard_vocab_limit=False,
+        minloglevel=2,
+    )
     with pytest.raises(TokenizerError, match="<image_placeholder>"):
         SentencePieceTokenizer(buf.getvalue())
     buf = io.BytesIO()
-    spm.SentencePieceTrainer.train(sentence_iterator=iter(CORPUS), model_writer=buf, vocab_size=120,
-                                   hard_vocab_limit=False, minloglevel=2, user_defined_symbols=[IMAGE_TAG])
+    spm.SentencePieceTrainer.train(
+        sentence_iterator=iter(CORPUS),
+        model_writer=buf,
+        vocab_size=120,
+        hard_vocab_limit=False,
+        minloglevel=2,
+        user_defined_symbols=[IMAGE_TAG],
+    )
     with pytest.raises(TokenizerError, match="dummy prefix"):
         SentencePieceTokenizer(buf.getvalue())
     with pytest.raises(ValueError, match="fixed"):
@@ -151,14 +255,19 @@ def test_hf_tokenizer_special_ids_and_transformers_agree(hf_dir, hf_tok):
     from tokenizers import Tokenizer
 
     raw = Tokenizer.from_file(str(hf_dir / "tokenizer.json"))
-    assert hf_tok.bos_id == raw.token_to_id(DEEPSEEK_BOS) and hf_tok.eos_id == raw.token_to_id(DEEPSEEK_EOS)
+    assert hf_tok.bos_id == raw.token_to_id(DEEPSEEK_BOS) and hf_tok.eos_id == raw.token_to_id(
+        DEEPSEEK_EOS
+    )
     assert hf_tok.image_token_id == raw.token_to_id(IMAGE_TAG)
-    assert hf_tok.pad_id == hf_tok.eos_id  # no pad token: falls back to EOS, as DeepSeek's processor
+    # no pad token: falls back to EOS, as DeepSeek's processor
+    assert hf_tok.pad_id == hf_tok.eos_id
     assert hf_tok.vocab_size == raw.get_vocab_size(with_added_tokens=True)
     assert isinstance(load_tokenizer(hf_dir / "tokenizer.json"), HFTokenizer)
     transformers = pytest.importorskip("transformers")
     ref = transformers.PreTrainedTokenizerFast(tokenizer_file=str(hf_dir / "tokenizer.json"))
-    chat = format_conversation([Message("user", f"{IMAGE_TAG}Describe."), Message("assistant", "A cat.")])
+    chat = format_conversation(
+        [Message("user", f"{IMAGE_TAG}Describe."), Message("assistant", "A cat.")]
+    )
     for s in ROUND_TRIP + [chat]:
         ids = hf_tok.encode(s)
         assert ids == ref.encode(s, add_special_tokens=False), s
@@ -184,7 +293,9 @@ def test_hf_tokenizer_errors(tmp_path, hf_dir):
     cfg = tmp_path / "cfg"
     cfg.mkdir()
     (cfg / "tokenizer.json").write_text(raw.to_str())
-    (cfg / "tokenizer_config.json").write_text(json.dumps({"extra_special_tokens": {"image_token": "<img>"}}))
+    (cfg / "tokenizer_config.json").write_text(
+        json.dumps({"extra_special_tokens": {"image_token": "<img>"}})
+    )
     with pytest.raises(TokenizerError, match="'<img>'.*image_token"):
         HFTokenizer(cfg)
     assert HFTokenizer(cfg, image=IMAGE_TAG).image_token_id == vocab[IMAGE_TAG]  # arguments win
@@ -193,7 +304,7 @@ def test_hf_tokenizer_errors(tmp_path, hf_dir):
 # --- template strings against the HF chat template ----------------------------------------------
 
 # The HF converters' CHAT_TEMPLATE (transformers models/deepseek_vl*/convert_*_weights_to_hf.py, not
-# shipped in the wheel), transcribed; spec 8.5. Rendered by transformers' own jinja setup.
+# shipped in the wheel), transcribed (docs/recipe.md#chat-format). Rendered by transformers' own jinja setup.
 HF_CHAT_TEMPLATE = (
     "{%- set eos = '<\uff5cend\u2581of\u2581sentence\uff5c>' -%}"
     "{{- 'You are a helpful language and vision assistant. You are able to understand the visual content that "
@@ -231,10 +342,12 @@ def _hf_render(messages, add_generation_prompt: bool) -> str:
         for j, text in enumerate(m.content.split(IMAGE_TAG)):
             if j:
                 parts.append({"type": "image"})
-            if text or len(parts) == 0 and j == len(m.content.split(IMAGE_TAG)) - 1:
+            if text or (len(parts) == 0 and j == len(m.content.split(IMAGE_TAG)) - 1):
                 parts.append({"type": "text", "text": text})
         chat.append({"role": m.role, "content": parts})
-    out = cu.render_jinja_template([chat], chat_template=HF_CHAT_TEMPLATE, add_generation_prompt=add_generation_prompt)
+    out = cu.render_jinja_template(
+        [chat], chat_template=HF_CHAT_TEMPLATE, add_generation_prompt=add_generation_prompt
+    )
     return out[0][0] if isinstance(out, tuple) else out[0]
 
 
@@ -243,8 +356,12 @@ CONVERSATIONS = {
     "single_turn": [U("What is shown?"), A("A red chart.")],
     "multi_turn": [U("What is shown?"), A("A red chart."), U("  And the total? "), A(" 345 \n")],
     "image_first": [U(f"{IMAGE_TAG}Describe each stage of this image."), A("Three bars.")],
-    "two_images": [U(f"Compare {IMAGE_TAG} and\n{IMAGE_TAG} please"), A("The first is blue."), U(f"{IMAGE_TAG}"),
-                   A("A cat on a mat.")],
+    "two_images": [
+        U(f"Compare {IMAGE_TAG} and\n{IMAGE_TAG} please"),
+        A("The first is blue."),
+        U(f"{IMAGE_TAG}"),
+        A("A cat on a mat."),
+    ],
     "user_last": [U(f"{IMAGE_TAG} What is this?")],
     "empty_final_answer": [U("What is this?"), A("")],
 }
@@ -260,7 +377,8 @@ def test_format_matches_hf_chat_template(name, gen):
         return
     ours, hf = format_conversation(msgs, add_generation_prompt=gen), _hf_render(msgs, gen)
     if not gen and msgs[-1].role == "assistant" and msgs[-1].content:
-        assert ours == hf + DEEPSEEK_EOS  # HF drops the final separator; training keeps the answer's EOS
+        # HF drops the final separator; training keeps the answer's EOS
+        assert ours == hf + DEEPSEEK_EOS
     else:
         assert ours == hf
     if gen:
@@ -268,17 +386,29 @@ def test_format_matches_hf_chat_template(name, gen):
 
 
 def test_format_spec_examples():
-    assert format_conversation([U(f"{IMAGE_TAG}Describe each stage of this image.")], add_generation_prompt=True) == (
-        DEFAULT_SYSTEM_PROMPT + f"\n\nUser: {IMAGE_TAG}Describe each stage of this image.\n\nAssistant:")
+    assert format_conversation(
+        [U(f"{IMAGE_TAG}Describe each stage of this image.")], add_generation_prompt=True
+    ) == (
+        DEFAULT_SYSTEM_PROMPT
+        + f"\n\nUser: {IMAGE_TAG}Describe each stage of this image.\n\nAssistant:"
+    )
     assert format_conversation([U("q1"), A("a1"), U("q2")], add_generation_prompt=True).endswith(
-        f"User: q1\n\nAssistant: a1{DEEPSEEK_EOS}User: q2\n\nAssistant:")
+        f"User: q1\n\nAssistant: a1{DEEPSEEK_EOS}User: q2\n\nAssistant:"
+    )
     custom = [Message("system", " Be brief. "), U("q"), A("a")]
     assert format_conversation(custom) == f"Be brief.\n\nUser: q\n\nAssistant: a{DEEPSEEK_EOS}"
-    assert format_conversation([Message("system", ""), U("q"), A("a")]) == f"User: q\n\nAssistant: a{DEEPSEEK_EOS}"
-    assert format_conversation([U("q"), A("a")], default_system="") == f"User: q\n\nAssistant: a{DEEPSEEK_EOS}"
+    assert (
+        format_conversation([Message("system", ""), U("q"), A("a")])
+        == f"User: q\n\nAssistant: a{DEEPSEEK_EOS}"
+    )
+    assert (
+        format_conversation([U("q"), A("a")], default_system="")
+        == f"User: q\n\nAssistant: a{DEEPSEEK_EOS}"
+    )
 
 
 # --- ids and loss mask ---------------------------------------------------------------------------
+
 
 def _runs(mask: np.ndarray) -> list[tuple[int, int]]:
     edges = np.flatnonzero(np.diff(np.concatenate([[0], mask.astype(np.int8), [0]])))
@@ -298,7 +428,9 @@ def test_loss_mask_covers_exactly_the_answers(tok, name):
     n_images = sum(m.content.count(IMAGE_TAG) for m in msgs)
     ex = Example("r1", "chart", tuple(msgs), images=(b"png",) * n_images)
     r = render(ex, tok, num_image_tokens=N_IMG)
-    assert r.ids.dtype == np.int32 and r.loss_mask.dtype == bool and r.ids.shape == r.loss_mask.shape
+    assert (
+        r.ids.dtype == np.int32 and r.loss_mask.dtype == bool and r.ids.shape == r.loss_mask.shape
+    )
     assert r.ids[0] == tok.bos_id and not r.loss_mask[0]
     answers = [" " + m.content.strip() + tok.eos_text for m in msgs if m.role == "assistant"]
     assert [tok.decode(r.ids[a:b]) for a, b in _runs(r.loss_mask)] == answers
@@ -308,7 +440,9 @@ def test_loss_mask_covers_exactly_the_answers(tok, name):
     # segment-wise ids equal tokenizing the whole rendered string (plus BOS, images expanded)
     full = [tok.bos_id] + tok.encode(format_conversation(msgs, eos_text=tok.eos_text))
     assert r.ids.tolist() == _expand(full, tok)
-    assert tok.decode(r.ids[~r.loss_mask & ~img]).startswith(tok.bos_text + DEFAULT_SYSTEM_PROMPT + "\n\nUser: ")
+    assert tok.decode(r.ids[~r.loss_mask & ~img]).startswith(
+        tok.bos_text + DEFAULT_SYSTEM_PROMPT + "\n\nUser: "
+    )
 
 
 def test_segments_equal_full_string_on_random_conversations(tok):
@@ -329,8 +463,12 @@ def test_segments_equal_full_string_on_random_conversations(tok):
 
 
 def test_pretraining_text(tok):
-    ex = Example("t1", "caption", (Message("text", f"{IMAGE_TAG}A cat on a mat."), Message("text", "Page 2")),
-                 images=(b"png",))
+    ex = Example(
+        "t1",
+        "caption",
+        (Message("text", f"{IMAGE_TAG}A cat on a mat."), Message("text", "Page 2")),
+        images=(b"png",),
+    )
     r = render(ex, tok, num_image_tokens=N_IMG)
     assert r.ids[0] == tok.bos_id and r.ids[-1] == tok.eos_id and r.num_images == 1
     img = r.ids == tok.image_token_id
@@ -343,7 +481,9 @@ def test_generation_prompt(tok):
     msgs = [U("q1"), A("a1"), U(f"{IMAGE_TAG}q2")]
     r = render_generation_prompt(msgs, tok, num_image_tokens=N_IMG)
     assert not r.loss_mask.any() and r.num_images == 1 and r.ids[0] == tok.bos_id
-    assert tok.decode(r.ids).endswith(f"a1{tok.eos_text}User: " + IMAGE_TAG * N_IMG + "q2\n\nAssistant:")
+    assert tok.decode(r.ids).endswith(
+        f"a1{tok.eos_text}User: " + IMAGE_TAG * N_IMG + "q2\n\nAssistant:"
+    )
     full = [tok.bos_id] + tok.encode(format_conversation(msgs, add_generation_prompt=True))
     assert r.ids.tolist() == _expand(full, tok)
 
@@ -356,34 +496,51 @@ def test_truncation(tok):
     assert r.loss_mask.tolist() == full.loss_mask[:10].tolist()
     with pytest.raises(TemplateError, match=r"record t: bad_conversation: \d+ tokens > max_len 10"):
         render(text, tok, num_image_tokens=N_IMG, max_len=10, overflow="error")
-    cap = Example("c", "caption", (Message("text", f"Two: {IMAGE_TAG}{IMAGE_TAG} done"),), images=(b"1", b"2"))
+    cap = Example(
+        "c", "caption", (Message("text", f"Two: {IMAGE_TAG}{IMAGE_TAG} done"),), images=(b"1", b"2")
+    )
     n = len(render(cap, tok, num_image_tokens=N_IMG).ids)
-    assert render(cap, tok, num_image_tokens=N_IMG, max_len=n - 1).truncated  # text after the images may go
-    with pytest.raises(TemplateError, match="record c: bad_conversation: .* would cut image 2 of 2"):
+    assert render(
+        cap, tok, num_image_tokens=N_IMG, max_len=n - 1
+    ).truncated  # text after the images may go
+    with pytest.raises(
+        TemplateError, match="record c: bad_conversation: .* would cut image 2 of 2"
+    ):
         render(cap, tok, num_image_tokens=N_IMG, max_len=n - 4 - N_IMG)
     with pytest.raises(TemplateError, match="empty_text: no loss token left within max_len 5"):
-        render([U("What is shown in the chart?"), A("A red chart.")], tok, num_image_tokens=N_IMG, max_len=5)
+        render(
+            [U("What is shown in the chart?"), A("A red chart.")],
+            tok,
+            num_image_tokens=N_IMG,
+            max_len=5,
+        )
 
 
-@pytest.mark.parametrize("msgs, match", [
-    ([], "no messages"),
-    ([U("q")], "must end with a non-empty assistant answer"),
-    ([U("q"), A("   ")], "must end with a non-empty assistant answer"),
-    ([A("a"), U("q")], "alternating"),
-    ([U("q"), Message("system", "s"), A("a")], "alternating"),
-    ([U("q"), A(""), U("q"), A("a")], "empty assistant answer in message 1"),
-    ([Message("text", "t"), U("q")], "cannot mix"),
-    ([U(f"q {DEEPSEEK_EOS}"), A("a")], "special token string"),
-])
+@pytest.mark.parametrize(
+    "msgs, match",
+    [
+        ([], "no messages"),
+        ([U("q")], "must end with a non-empty assistant answer"),
+        ([U("q"), A("   ")], "must end with a non-empty assistant answer"),
+        ([A("a"), U("q")], "alternating"),
+        ([U("q"), Message("system", "s"), A("a")], "alternating"),
+        ([U("q"), A(""), U("q"), A("a")], "empty assistant answer in message 1"),
+        ([Message("text", "t"), U("q")], "cannot mix"),
+        ([U(f"q {DEEPSEEK_EOS}"), A("a")], "special token string"),
+    ],
+)
 def test_template_errors(sp_tok, msgs, match):
     with pytest.raises(TemplateError, match=match) as e:
         render(msgs, sp_tok, num_image_tokens=N_IMG)
-    assert isinstance(e.value, BadRecord) and e.value.reason == "bad_conversation"  # skipped and counted
+    # skipped and counted
+    assert isinstance(e.value, BadRecord) and e.value.reason == "bad_conversation"
 
 
 def test_image_count_must_match(sp_tok):
     ex = Example("bad", "chart", (U(f"{IMAGE_TAG}q"), A("a")), images=())
-    with pytest.raises(TemplateError, match="record bad: image_count_mismatch: 1 <image_placeholder> tags but 0"):
+    with pytest.raises(
+        TemplateError, match="record bad: image_count_mismatch: 1 <image_placeholder> tags but 0"
+    ):
         render(ex, sp_tok, num_image_tokens=N_IMG)
     with pytest.raises(TemplateError, match="generation prompt needs a conversation"):
         render_generation_prompt([Message("text", "t")], sp_tok, num_image_tokens=N_IMG)

@@ -1,0 +1,137 @@
+"""One way to load a model: any folder that holds model state -> (config, params, tokenizer).
+
+    src = open_model("runs/7b/stage3")          # reads only the config
+    cfg, params = src.cfg, src.params()         # validated against the config (CheckpointMismatch)
+
+Accepted folders (`kind`):
+  run     a training workdir: its final/ params when the stage finished, else its latest step
+  step    one step checkpoint of a run: RUN/checkpoints/<step> (params only, no optimizer state)
+  params  a params checkpoint: model_config.json + params/ (what `final/` and `convert from-hf` write)
+  hf      a HuggingFace save_pretrained folder: config.json + safetensors
+`params(cfg, shardings)` may change non-shape fields of the config (dtype, remat, attention) and
+places the arrays with `shardings` (a tree like the params), else on the first device.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+
+import jax
+import numpy as np
+
+from dsvl_jax.checkpoints import params as P
+from dsvl_jax.checkpoints import run as R
+from dsvl_jax.data.tokenizer import find_tokenizer
+from dsvl_jax.errors import CheckpointError
+from dsvl_jax.interop import hf_config, hf_import
+from dsvl_jax.model.config import ModelConfig, model_config_from_dict
+from dsvl_jax.model.params import Params
+
+# The layout of a training workdir (train/loop.py writes it).
+# params + model_config.json (+ tokenizer) of the last step: next stage's init_from
+FINAL_DIR = "final"
+STEPS_DIR = "checkpoints"  # one folder per saved step
+RUN_CONFIG = "config.json"  # the full run config, as JSON
+KINDS = ("run", "step", "params", "hf")
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelSource:
+    """A folder of model state, opened: its kind, the files to read, the stored model config."""
+
+    kind: str  # what the user named: one of KINDS
+    path: str  # the folder the params are read from (a run resolves to its final/ or a step)
+    cfg: ModelConfig
+    tokenizer: str | None  # the tokenizer stored with it (file or folder), None when there is none
+    layout: str = ""  # how `path` stores them: "params", "step" or "hf" (default: the kind's)
+
+    def params(self, cfg: ModelConfig | None = None, shardings=None) -> Params:
+        cfg = cfg or self.cfg
+        layout = self.layout or self.kind
+        if layout == "params":
+            return P.load_params(self.path, cfg, shardings)
+        if layout == "step":
+            return R.load_step_params(self.path, cfg, shardings)
+        params = hf_import.import_folder(self.path, cfg)
+        if shardings is None:
+            shardings = jax.tree.map(
+                lambda _: jax.sharding.SingleDeviceSharding(jax.devices()[0]), params
+            )
+        return jax.tree.map(lambda x, s: jax.device_put(np.asarray(x), s), params, shardings)
+
+
+def is_run_dir(path: str) -> bool:
+    return os.path.isfile(os.path.join(path, RUN_CONFIG)) and (
+        os.path.isdir(os.path.join(path, FINAL_DIR)) or os.path.isdir(os.path.join(path, STEPS_DIR))
+    )
+
+
+def open_model(path: str | os.PathLike) -> ModelSource:
+    """Detect what `path` holds and read its model config (no tensors are read)."""
+    path = os.path.abspath(os.fspath(path))
+    if not os.path.isdir(path):
+        raise CheckpointError(f"{path}: no such folder")
+    if P.is_params_checkpoint(path):
+        return ModelSource("params", path, P.read_model_config(path), find_tokenizer(path))
+    if R.step_of(path) is not None:
+        run = os.path.dirname(os.path.dirname(path))
+        return ModelSource("step", path, _run_model_config(run), _run_tokenizer(run))
+    if is_run_dir(path):
+        final = os.path.join(path, FINAL_DIR)
+        if P.is_params_checkpoint(final):
+            src = open_model(final)
+            return dataclasses.replace(
+                src, kind="run", layout="params", tokenizer=src.tokenizer or _run_tokenizer(path)
+            )
+        steps = sorted(int(s) for s in os.listdir(os.path.join(path, STEPS_DIR)) if s.isdigit())
+        complete = [
+            s for s in steps if R.step_of(os.path.join(path, STEPS_DIR, str(s))) is not None
+        ]
+        if not complete:
+            raise CheckpointError(
+                f"{path}: a run folder with neither {FINAL_DIR}/ nor a saved step yet"
+            )
+        step_dir = os.path.join(path, STEPS_DIR, str(complete[-1]))
+        return ModelSource("run", step_dir, _run_model_config(path), _run_tokenizer(path), "step")
+    if os.path.isfile(os.path.join(path, "config.json")):
+        with open(os.path.join(path, "config.json")) as f:
+            conf = json.load(f)
+        if "train" in conf and "model" in conf:  # a run's config.json: the run saved nothing yet
+            raise CheckpointError(
+                f"{path}: a run folder with neither {FINAL_DIR}/ nor a saved step yet"
+            )
+        cfg = hf_config.from_hf(conf)
+        tok = path if os.path.isfile(os.path.join(path, "tokenizer.json")) else None
+        return ModelSource("hf", path, cfg, tok)
+    raise CheckpointError(
+        f"{path}: not a model folder: expected a run dir ({RUN_CONFIG} + {FINAL_DIR}/ or {STEPS_DIR}/), "
+        f"a step checkpoint, a params checkpoint ({P.CONFIG_FILE} + {P.PARAMS_DIR}/) "
+        "or an HF folder (config.json + safetensors)"
+    )
+
+
+def load_model(path: str | os.PathLike, **overrides) -> tuple[ModelConfig, Params]:
+    """(cfg, params) of any model folder; `overrides` replace top-level config fields (dtype, ...)."""
+    src = open_model(path)
+    cfg = dataclasses.replace(src.cfg, **overrides) if overrides else src.cfg
+    return cfg, src.params(cfg)
+
+
+def _run_config(run: str) -> dict:
+    with open(os.path.join(run, RUN_CONFIG)) as f:
+        return json.load(f)
+
+
+def _run_model_config(run: str) -> ModelConfig:
+    model = _run_config(run).get("model")
+    if not isinstance(model, dict):
+        raise CheckpointError(f"{os.path.join(run, RUN_CONFIG)}: no model section")
+    return model_config_from_dict(model)
+
+
+def _run_tokenizer(run: str) -> str | None:
+    """The tokenizer a run trained with (data.tokenizer), if it is still where the config says."""
+    tok = (_run_config(run).get("data") or {}).get("tokenizer") or ""
+    return tok if tok and os.path.exists(tok) else None
