@@ -10,6 +10,7 @@ Read back with `shards.open_source`. Shuffling at write time is off: records kee
 and grain shuffles at read time anyway. Classes register once, at import, under distinct names;
 each instance writes only under its own `data_dir`.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -20,7 +21,7 @@ import os
 import shutil
 import tempfile
 import time
-from typing import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 
 import tensorflow_datasets as tfds
 from tqdm import tqdm
@@ -28,7 +29,12 @@ from tqdm import tqdm
 from dsvl_jax import compat
 from dsvl_jax.data import records, shards, tokenizer
 from dsvl_jax.data.corpus import generate
-from dsvl_jax.data.importers import DEFAULT_MAX_SKIP_RATE, SkipCounter, SkipRateExceeded, import_examples
+from dsvl_jax.data.importers import (
+    DEFAULT_MAX_SKIP_RATE,
+    SkipCounter,
+    SkipRateExceeded,
+    import_examples,
+)
 from dsvl_jax.errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -38,8 +44,9 @@ MAX_REPORT_IDS_IN_METADATA = 1000
 
 class ShardBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
     """Base: the shared features, ArrayRecord output, one "train" split, our own progress bar."""
+
     VERSION = tfds.core.Version("1.0.0")
-    RELEASE_NOTES = {"1.0.0": "First release."}
+    RELEASE_NOTES = {"1.0.0": "First release."}  # noqa: RUF012 - tfds reads these class attributes
 
     def __init__(self, *, progress: bool = False, **kwargs):
         kwargs.setdefault("file_format", "array_record")
@@ -47,8 +54,13 @@ class ShardBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
         super().__init__(**kwargs)
 
     def _info(self) -> tfds.core.DatasetInfo:
-        return tfds.core.DatasetInfo(builder=self, description=self._description(), features=records.features(),
-                                     disable_shuffling=True, metadata=tfds.core.MetadataDict())
+        return tfds.core.DatasetInfo(
+            builder=self,
+            description=self._description(),
+            features=records.features(),
+            disable_shuffling=True,
+            metadata=tfds.core.MetadataDict(),
+        )
 
     def _split_generators(self, dl_manager):
         return {SPLIT: self._generate_examples()}
@@ -66,8 +78,15 @@ class ShardBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
         return ""
 
     def _generate_examples(self) -> Iterator[tuple[int, dict]]:
-        bar = tqdm(self._examples(), total=self._total(), desc=self.name, unit=" rec", disable=not self._progress,
-                   mininterval=0.5, dynamic_ncols=True)
+        bar = tqdm(
+            self._examples(),
+            total=self._total(),
+            desc=self.name,
+            unit=" rec",
+            disable=not self._progress,
+            mininterval=0.5,
+            dynamic_ncols=True,
+        )
         for i, ex in enumerate(bar):
             if self._progress and (post := self._postfix()) != bar.postfix:
                 bar.set_postfix_str(post, refresh=False)
@@ -84,7 +103,10 @@ class ShardBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
         """Write the shards (or reuse a complete earlier run unless `overwrite`); returns the dataset dir."""
         if os.path.isdir(self.data_dir):
             if not overwrite:
-                log.info("reusing %s (same builder and config); overwrite=True rebuilds it", self.data_dir)
+                log.info(
+                    "reusing %s (same builder and config); overwrite=True rebuilds it",
+                    self.data_dir,
+                )
                 return self.data_dir
             shutil.rmtree(self.data_dir)
         with _quiet_tfds(), tempfile.TemporaryDirectory(prefix="dsvl_dl_") as dl:
@@ -108,6 +130,7 @@ def _quiet_tfds():
 
 # --- the embedded default corpus ---------------------------------------------------------------
 
+
 @dataclasses.dataclass(eq=False)
 class CorpusConfig(tfds.core.BuilderConfig):
     n: int = 1000
@@ -117,13 +140,14 @@ class CorpusConfig(tfds.core.BuilderConfig):
 
 def corpus_config(n: int, seed: int = 0, image_size: int = 256) -> CorpusConfig:
     """The config dir name spells its parameters, so different corpora never share a directory."""
-    return CorpusConfig(name=f"n{n}_seed{seed}_px{image_size}", n=n, seed=seed, image_size=image_size)
+    return CorpusConfig(
+        name=f"n{n}_seed{seed}_px{image_size}", n=n, seed=seed, image_size=image_size
+    )
 
 
 class CorpusBuilder(ShardBuilder, skip_registration=True):
     KIND = ""
-    BUILDER_CONFIGS = [corpus_config(1000)]
-
+    BUILDER_CONFIGS = [corpus_config(1000)]  # noqa: RUF012 - tfds reads these class attributes
 
     def _description(self) -> str:
         return f"Embedded synthetic '{self.KIND}' corpus (dsvl_jax.data.corpus), {self.builder_config.name}."
@@ -165,12 +189,22 @@ class DsvlText(CorpusBuilder):
 
 
 CORPUS_BUILDERS: dict[str, type[CorpusBuilder]] = {
-    c.KIND: c for c in (DsvlScreenshot, DsvlPdf, DsvlOcr, DsvlChart, DsvlInterleaved, DsvlCaption, DsvlText)}
+    c.KIND: c
+    for c in (DsvlScreenshot, DsvlPdf, DsvlOcr, DsvlChart, DsvlInterleaved, DsvlCaption, DsvlText)
+}
 assert tuple(CORPUS_BUILDERS) == records.KINDS, "one corpus builder per records.KINDS entry"
 
 
-def generate_corpus(kinds: Sequence[str], data_dir: str, *, n: int, seed: int = 0, image_size: int = 256,
-                    overwrite: bool = False, progress: bool = False) -> dict[str, str]:
+def generate_corpus(
+    kinds: Sequence[str],
+    data_dir: str,
+    *,
+    n: int,
+    seed: int = 0,
+    image_size: int = 256,
+    overwrite: bool = False,
+    progress: bool = False,
+) -> dict[str, str]:
     """Write the embedded corpus, one dataset per kind; returns {kind: dataset dir}."""
     bad = [k for k in kinds if k not in CORPUS_BUILDERS]
     if bad:
@@ -180,7 +214,9 @@ def generate_corpus(kinds: Sequence[str], data_dir: str, *, n: int, seed: int = 
     out = {}
     for kind in kinds:
         with _quiet_tfds():
-            b = CORPUS_BUILDERS[kind](data_dir=data_dir, config=corpus_config(n, seed, image_size), progress=progress)
+            b = CORPUS_BUILDERS[kind](
+                data_dir=data_dir, config=corpus_config(n, seed, image_size), progress=progress
+            )
         out[kind] = b.build(overwrite=overwrite)
     return out
 
@@ -193,14 +229,22 @@ def train_tokenizer(dataset_dirs: Iterable[str], vocab_size: int, out: str) -> t
 
 # --- imported data -----------------------------------------------------------------------------
 
+
 class DsvlImported(ShardBuilder):
     """The Examples of one importer run; `self.counter` holds the skip report afterwards."""
 
     def _description(self) -> str:
         return "Examples imported by `python -m dsvl_jax.data prepare` (metadata.json holds the skip report)."
 
-    def __init__(self, *, fmt: str | None = None, input_path: str | None = None, counter: SkipCounter | None = None,
-                 import_kwargs: dict | None = None, **kwargs):
+    def __init__(
+        self,
+        *,
+        fmt: str | None = None,
+        input_path: str | None = None,
+        counter: SkipCounter | None = None,
+        import_kwargs: dict | None = None,
+        **kwargs,
+    ):
         self.fmt, self.input_path, self.import_kwargs = fmt, input_path, dict(import_kwargs or {})
         self.counter = counter or SkipCounter(str(input_path))
         super().__init__(**kwargs)
@@ -210,7 +254,9 @@ class DsvlImported(ShardBuilder):
 
     def _examples(self) -> Iterator[records.Example]:
         if self.fmt is None or self.input_path is None:
-            raise ValueError("DsvlImported needs fmt= and input_path= to prepare (reading needs neither)")
+            raise ValueError(
+                "DsvlImported needs fmt= and input_path= to prepare (reading needs neither)"
+            )
         yield from import_examples(self.fmt, self.input_path, self.counter, **self.import_kwargs)
         rep = self.counter.report()
         rep["skipped_ids"] = rep["skipped_ids"][:MAX_REPORT_IDS_IN_METADATA]
@@ -227,11 +273,22 @@ class PrepareResult:
     report: dict  # SkipCounter.report() plus "format", "dataset_dir", "seconds"
 
 
-def prepare(fmt: str, input_path: str, data_dir: str, *, images: str | None = None,
-            max_skip_rate: float | None = DEFAULT_MAX_SKIP_RATE, max_pixels: int = records.DEFAULT_MAX_PIXELS,
-            kind: str | None = None, dpi: int = 96, min_seen: int | None = None, overwrite: bool = False,
-            progress: bool = False, counter: SkipCounter | None = None,
-            report_path: str | None = None) -> PrepareResult:
+def prepare(
+    fmt: str,
+    input_path: str,
+    data_dir: str,
+    *,
+    images: str | None = None,
+    max_skip_rate: float | None = DEFAULT_MAX_SKIP_RATE,
+    max_pixels: int = records.DEFAULT_MAX_PIXELS,
+    kind: str | None = None,
+    dpi: int = 96,
+    min_seen: int | None = None,
+    overwrite: bool = False,
+    progress: bool = False,
+    counter: SkipCounter | None = None,
+    report_path: str | None = None,
+) -> PrepareResult:
     """Import `input_path` (format `fmt`) into ArrayRecord shards under `data_dir`.
 
     Refuses to reuse an existing dataset unless `overwrite` (an import's input is not part of its
@@ -244,18 +301,31 @@ def prepare(fmt: str, input_path: str, data_dir: str, *, images: str | None = No
     if min_seen is not None:
         counter.min_seen = min_seen
     t0 = time.time()
-    b = DsvlImported(data_dir=data_dir, fmt=fmt, input_path=input_path, counter=counter, progress=progress,
-                     import_kwargs=dict(images=images, max_pixels=max_pixels, kind=kind, dpi=dpi))
+    b = DsvlImported(
+        data_dir=data_dir,
+        fmt=fmt,
+        input_path=input_path,
+        counter=counter,
+        progress=progress,
+        import_kwargs=dict(images=images, max_pixels=max_pixels, kind=kind, dpi=dpi),
+    )
     if os.path.exists(b.data_dir) and not overwrite:
-        raise DatasetExists(f"{b.data_dir} already holds a prepared dataset; pass --overwrite to replace it "
-                              "or choose another --out")
+        raise DatasetExists(
+            f"{b.data_dir} already holds a prepared dataset; pass --overwrite to replace it "
+            "or choose another --out"
+        )
     try:
         d = b.build(overwrite=overwrite)
     except SkipRateExceeded as e:
         if report_path:
             _write_json(report_path, {"format": fmt, **counter.report(), "error": str(e)})
         raise
-    report = {"format": fmt, "dataset_dir": d, **counter.report(), "seconds": round(time.time() - t0, 2)}
+    report = {
+        "format": fmt,
+        "dataset_dir": d,
+        **counter.report(),
+        "seconds": round(time.time() - t0, 2),
+    }
     if report_path:
         _write_json(report_path, report)
     return PrepareResult(d, report)

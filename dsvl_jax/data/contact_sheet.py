@@ -20,8 +20,14 @@ def contact_sheet(sources: dict, out: str, n: int = 16) -> int:
     """Draw `n` samples spread over `sources` ({name: random-access source}) into `out`; -> samples drawn."""
     picks = []  # round-robin over sources, evenly spaced within each
     per = -(-n // len(sources))
-    lists = [[(name, src, int(i)) for i in np.unique(np.linspace(0, len(src) - 1, min(per, len(src))).round())]
-             for name, src in sources.items() if len(src)]
+    lists = [
+        [
+            (name, src, int(i))
+            for i in np.unique(np.linspace(0, len(src) - 1, min(per, len(src))).round())
+        ]
+        for name, src in sources.items()
+        if len(src)
+    ]
     while len(picks) < n and any(lists):
         for lst in lists:
             if lst and len(picks) < n:
@@ -40,12 +46,16 @@ def contact_sheet(sources: dict, out: str, n: int = 16) -> int:
             if thumb is None:
                 draw.text((x + 8, y + IMG_H // 2), "undecodable image", fill="red", font=font)
             else:
-                sheet.paste(thumb, (x + (CELL_W - thumb.width) // 2, y + (IMG_H - thumb.height) // 2))
+                sheet.paste(
+                    thumb, (x + (CELL_W - thumb.width) // 2, y + (IMG_H - thumb.height) // 2)
+                )
         else:
             draw.text((x + 8, y + IMG_H // 2), "(text only)", fill="gray", font=font)
         lines = [f"{ex.kind} | {ex.id}"[:44]] + _text_lines(ex, 40, 4)
         for j, line in enumerate(lines):
-            draw.text((x + 4, y + IMG_H + 2 + 14 * j), line, fill="black" if j else "navy", font=font)
+            draw.text(
+                (x + 4, y + IMG_H + 2 + 14 * j), line, fill="black" if j else "navy", font=font
+            )
         draw.rectangle([x, y, x + CELL_W - 1, y + IMG_H + TEXT_H - 1], outline=(160, 160, 160))
     os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
     sheet.save(out)
@@ -61,6 +71,8 @@ def _thumbnail(data: bytes, record_id: str) -> Image.Image | None:
 
 
 def _text_lines(ex: Example, width: int, max_lines: int) -> list[str]:
-    text = " ".join((m.content if m.role == "text" else f"{m.role}: {m.content}") for m in ex.messages)
+    text = " ".join(
+        (m.content if m.role == "text" else f"{m.role}: {m.content}") for m in ex.messages
+    )
     text = " ".join(text.replace(IMAGE_TAG, "[img]").split())
     return textwrap.wrap(text, width)[:max_lines]

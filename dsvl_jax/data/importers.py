@@ -12,14 +12,17 @@ counter raises `SkipRateExceeded` when the skipped share passes `max_skip_rate`:
 `min_seen` records were seen, and at the end. Valid images are stored as their original encoded
 bytes, after `records.decode_image` proved that they decode within the pixel limit.
 """
+
 from __future__ import annotations
 
 import collections
+import contextlib
 import dataclasses
 import json
 import os
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator
+from typing import Any
 
 from dsvl_jax.data import records
 from dsvl_jax.data.pdf import render_pdf
@@ -30,7 +33,13 @@ FORMATS = ("llava", "captions", "pdf", "text")
 DEFAULT_MAX_SKIP_RATE = 0.1
 EARLY_CHECK_AFTER = 200  # records seen before the skip-rate cap is checked mid-import
 LLAVA_TAG = "<image>"
-LLAVA_ROLES = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant", "system": "system"}
+LLAVA_ROLES = {
+    "human": "user",
+    "user": "user",
+    "gpt": "assistant",
+    "assistant": "assistant",
+    "system": "system",
+}
 
 
 class SkipRateExceeded(Error, RuntimeError):
@@ -44,6 +53,7 @@ class InputNotFound(FileNotFoundError, ConfigError):
 @dataclasses.dataclass
 class SkipCounter:
     """Tally of one source (one input path): records written, and skipped ones by reason and id."""
+
     source: str
     max_skip_rate: float | None = DEFAULT_MAX_SKIP_RATE
     min_seen: int = EARLY_CHECK_AFTER
@@ -70,7 +80,9 @@ class SkipCounter:
 
     def add_skipped(self, err: BadRecord) -> None:
         self.skipped[err.reason] += 1
-        self.skipped_ids.append({"id": err.record_id, "reason": err.reason, "detail": err.detail[:300]})
+        self.skipped_ids.append(
+            {"id": err.record_id, "reason": err.reason, "detail": err.detail[:300]}
+        )
         if self.seen >= self.min_seen:
             self.check()
 
@@ -83,21 +95,35 @@ class SkipCounter:
         raise SkipRateExceeded(
             f"{self.source}: skipped {self.num_skipped} of {self.seen} records ({self.skip_rate:.1%}), above "
             f"max_skip_rate={self.max_skip_rate:.1%} (--max_skip_rate={self.max_skip_rate:g}). "
-            f"Reasons: {reasons}. First skipped: {first}. Check the input paths and --images root.")
+            f"Reasons: {reasons}. First skipped: {first}. Check the input paths and --images root."
+        )
 
     def report(self) -> dict:
         """JSON-able: {"source", "written", "skipped": {reason: n}, "skipped_ids": [{"id", "reason", "detail"}]}."""
-        return {"source": self.source, "written": self.written, "skipped": dict(sorted(self.skipped.items())),
-                "skipped_ids": list(self.skipped_ids)}
+        return {
+            "source": self.source,
+            "written": self.written,
+            "skipped": dict(sorted(self.skipped.items())),
+            "skipped_ids": list(self.skipped_ids),
+        }
 
     def summary(self) -> str:
         reasons = ", ".join(f"{r}={c}" for r, c in sorted(self.skipped.items()))
-        return f"{self.written} written, {self.num_skipped} skipped" + (f" ({reasons})" if reasons else "")
+        return f"{self.written} written, {self.num_skipped} skipped" + (
+            f" ({reasons})" if reasons else ""
+        )
 
 
-def import_examples(fmt: str, path: str, counter: SkipCounter, *, images: str | None = None,
-                    max_pixels: int = records.DEFAULT_MAX_PIXELS, kind: str | None = None,
-                    dpi: int = 96) -> Iterator[Example]:
+def import_examples(
+    fmt: str,
+    path: str,
+    counter: SkipCounter,
+    *,
+    images: str | None = None,
+    max_pixels: int = records.DEFAULT_MAX_PIXELS,
+    kind: str | None = None,
+    dpi: int = 96,
+) -> Iterator[Example]:
     """Good Examples of `path` in `fmt` (one of FORMATS); bad records go to `counter`.
 
     `images` is the root that image paths are resolved under (default: the input's folder); a
@@ -118,9 +144,11 @@ def import_examples(fmt: str, path: str, counter: SkipCounter, *, images: str | 
     if not root.is_dir():
         raise NotADirectoryError(f"image root {root} (--images) is not a directory")
     load = lambda refs, rid: tuple(load_image(r, root, rid, max_pixels) for r in refs)  # noqa: E731
-    build = {"llava": lambda rec, rid: _llava_example(rec, rid, load, kind),
-             "captions": lambda rec, rid: _caption_example(rec, rid, load, kind or "caption"),
-             "text": lambda rec, rid: _text_example(rec, rid, kind or "text")}[fmt]
+    build = {
+        "llava": lambda rec, rid: _llava_example(rec, rid, load, kind),
+        "captions": lambda rec, rid: _caption_example(rec, rid, load, kind or "caption"),
+        "text": lambda rec, rid: _text_example(rec, rid, kind or "text"),
+    }[fmt]
     items = _json_list_items(path) if fmt == "llava" and _is_json_list(path) else _jsonl_items(path)
     return _skip_policy(((rid, _parse_then(parse, build, rid)) for rid, parse in items), counter)
 
@@ -129,10 +157,13 @@ def _parse_then(parse: Callable[[], Any], build, fallback_id: str) -> Callable[[
     def run() -> Example:
         rec = parse()
         return build(rec, _record_id(rec, fallback_id))
+
     return run
 
 
-def _skip_policy(items: Iterable[tuple[str, Callable[[], Example]]], counter: SkipCounter) -> Iterator[Example]:
+def _skip_policy(
+    items: Iterable[tuple[str, Callable[[], Example]]], counter: SkipCounter
+) -> Iterator[Example]:
     """Run each record's builder; a BadRecord is counted (with the fallback id if it has none)."""
     for rid, build in items:
         try:
@@ -148,18 +179,33 @@ def _skip_policy(items: Iterable[tuple[str, Callable[[], Example]]], counter: Sk
 
 # --- images ---------------------------------------------------------------------------------
 
-def load_image(ref: Any, root: Path, record_id: str, max_pixels: int = records.DEFAULT_MAX_PIXELS) -> bytes:
+
+def load_image(
+    ref: Any, root: Path, record_id: str, max_pixels: int = records.DEFAULT_MAX_PIXELS
+) -> bytes:
     """The original bytes of image `ref` (relative to `root`), after checking it decodes within max_pixels."""
     if not isinstance(ref, str) or not ref:
-        raise BadRecord("bad_conversation", f"image reference {ref!r} is not a non-empty path string", record_id)
+        raise BadRecord(
+            "bad_conversation", f"image reference {ref!r} is not a non-empty path string", record_id
+        )
     if os.path.isabs(ref) or ref.startswith("~"):
-        raise BadRecord("image_path_escape", f"{ref!r} is absolute; image paths must be relative to {root}", record_id)
+        raise BadRecord(
+            "image_path_escape",
+            f"{ref!r} is absolute; image paths must be relative to {root}",
+            record_id,
+        )
     try:
-        path = (root / ref).resolve()  # follows symlinks, so a link pointing out of root is caught too
+        path = (
+            root / ref
+        ).resolve()  # follows symlinks, so a link pointing out of root is caught too
     except (OSError, ValueError) as e:
         raise BadRecord("image_missing", f"{ref!r}: {e}", record_id) from None
     if not path.is_relative_to(root):
-        raise BadRecord("image_path_escape", f"{ref!r} resolves to {path}, outside the image root {root}", record_id)
+        raise BadRecord(
+            "image_path_escape",
+            f"{ref!r} resolves to {path}, outside the image root {root}",
+            record_id,
+        )
     try:
         data = path.read_bytes()
     except FileNotFoundError:
@@ -172,6 +218,7 @@ def load_image(ref: Any, root: Path, record_id: str, max_pixels: int = records.D
 
 # --- record builders ------------------------------------------------------------------------
 
+
 def _llava_example(rec: Any, rid: str, load, kind: str | None) -> Example:
     if not isinstance(rec, dict):
         raise BadRecord("bad_conversation", f"record is a {type(rec).__name__}, not an object", rid)
@@ -181,19 +228,32 @@ def _llava_example(rec: Any, rid: str, load, kind: str | None) -> Example:
         raise BadRecord("bad_conversation", "missing or empty 'conversations' list", rid)
     msgs = []
     for j, turn in enumerate(conv):
-        if not (isinstance(turn, dict) and isinstance(turn.get("from"), str) and isinstance(turn.get("value"), str)):
-            raise BadRecord("bad_conversation", f"turn {j} needs string 'from' and 'value' fields, got {turn!r:.100}",
-                            rid)
+        if not (
+            isinstance(turn, dict)
+            and isinstance(turn.get("from"), str)
+            and isinstance(turn.get("value"), str)
+        ):
+            raise BadRecord(
+                "bad_conversation",
+                f"turn {j} needs string 'from' and 'value' fields, got {turn!r:.100}",
+                rid,
+            )
         role = LLAVA_ROLES.get(turn["from"])
         if role is None:
-            raise BadRecord("bad_conversation", f"turn {j}: role {turn['from']!r} is not one of {sorted(LLAVA_ROLES)}",
-                            rid)
+            raise BadRecord(
+                "bad_conversation",
+                f"turn {j}: role {turn['from']!r} is not one of {sorted(LLAVA_ROLES)}",
+                rid,
+            )
         msgs.append(Message(role, turn["value"].replace(LLAVA_TAG, IMAGE_TAG)))
     refs = rec.get("image")
     refs = [] if refs is None else [refs] if isinstance(refs, str) else refs
     if not isinstance(refs, list):
-        raise BadRecord("bad_conversation", f"'image' must be a path or a list of paths, got {type(refs).__name__}",
-                        rid)
+        raise BadRecord(
+            "bad_conversation",
+            f"'image' must be a path or a list of paths, got {type(refs).__name__}",
+            rid,
+        )
     if refs and not any(IMAGE_TAG in m.content for m in msgs):
         first_user = next((i for i, m in enumerate(msgs) if m.role == "user"), None)
         if first_user is not None:
@@ -229,17 +289,23 @@ def _with_images(ex: Example, refs: list, load) -> Example:
     return dataclasses.replace(ex, images=load(refs, ex.id))
 
 
-def _pdf_items(path: str, dpi: int, kind: str, max_pixels: int) -> Iterator[tuple[str, Callable[[], Example]]]:
+def _pdf_items(
+    path: str, dpi: int, kind: str, max_pixels: int
+) -> Iterator[tuple[str, Callable[[], Example]]]:
 
     if os.path.isdir(path):
-        files = sorted(p for p in Path(path).rglob("*") if p.suffix.lower() == ".pdf" and p.is_file())
+        files = sorted(
+            p for p in Path(path).rglob("*") if p.suffix.lower() == ".pdf" and p.is_file()
+        )
         names = [p.relative_to(path).as_posix() for p in files]
     else:
         files, names = [Path(path)], [os.path.basename(path)]
     for f, name in zip(files, names):
         try:
             pages = render_pdf(f.read_bytes(), dpi=dpi, record_id=name, max_pixels=max_pixels)
-        except BadRecord as e:  # the whole file is unreadable: one skipped record, named by the file
+        except (
+            BadRecord
+        ) as e:  # the whole file is unreadable: one skipped record, named by the file
             yield name, (lambda e=e: _raise(e))
             continue
         for page in pages:
@@ -259,10 +325,12 @@ def _raise(e: Exception):
 
 # --- reading files --------------------------------------------------------------------------
 
+
 def _record_id(rec: Any, fallback: str) -> str:
     rid = rec.get("id") if isinstance(rec, dict) else None
     if isinstance(rid, (str, int)) and not isinstance(rid, bool) and str(rid):
-        return str(rid).encode("utf-8", "backslashreplace").decode("utf-8")  # printable even if not UTF-8
+        # printable even if not UTF-8
+        return str(rid).encode("utf-8", "backslashreplace").decode("utf-8")
     return fallback
 
 
@@ -272,8 +340,11 @@ def _check_utf8(obj: Any, rid: str) -> None:
         try:
             obj.encode("utf-8")
         except UnicodeEncodeError:
-            raise BadRecord("bad_utf8", f"invalid UTF-8 in {obj[:60].encode('utf-8', 'backslashreplace')!r}",
-                            rid) from None
+            raise BadRecord(
+                "bad_utf8",
+                f"invalid UTF-8 in {obj[:60].encode('utf-8', 'backslashreplace')!r}",
+                rid,
+            ) from None
     elif isinstance(obj, dict):
         for k, v in obj.items():
             _check_utf8(k, rid)
@@ -296,9 +367,13 @@ def _json_list_items(path: str) -> Iterator[tuple[str, Callable[[], Any]]]:
     try:
         data = json.loads(text)
     except json.JSONDecodeError as e:
-        raise ValueError(f"{path}: not valid JSON ({e}); expected a list of records or JSON lines") from None
+        raise ValueError(
+            f"{path}: not valid JSON ({e}); expected a list of records or JSON lines"
+        ) from None
     if not isinstance(data, list):
-        raise ValueError(f"{path}: top-level JSON is a {type(data).__name__}, expected a list of records")
+        raise ValueError(
+            f"{path}: top-level JSON is a {type(data).__name__}, expected a list of records"
+        )
     for i, rec in enumerate(data):
         yield f"{name}[{i}]", (lambda rec=rec: rec)
 
@@ -310,17 +385,19 @@ def _jsonl_items(path: str) -> Iterator[tuple[str, Callable[[], Any]]]:
         for lineno, raw in enumerate(f, 1):
             raw = raw.removeprefix(b"\xef\xbb\xbf") if lineno == 1 else raw
             if raw.strip():
-                yield f"{name}:{lineno}", (lambda raw=raw, rid=f"{name}:{lineno}": _parse_line(raw, rid))
+                yield (
+                    f"{name}:{lineno}",
+                    (lambda raw=raw, rid=f"{name}:{lineno}": _parse_line(raw, rid)),
+                )
 
 
 def _parse_line(raw: bytes, rid: str) -> Any:
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as e:
-        try:  # name the record by its own id when the rest of the line still parses
+        # name the record by its own id when the rest of the line still parses
+        with contextlib.suppress(json.JSONDecodeError):
             rid = _record_id(json.loads(raw.decode("utf-8", "surrogateescape")), rid)
-        except json.JSONDecodeError:
-            pass
         raise BadRecord("bad_utf8", f"line is not valid UTF-8: {e}", rid) from None
     try:
         return json.loads(text)

@@ -10,14 +10,16 @@ candidate's weight to its credit, the largest credit wins and pays 1. Realised s
 restored iterator makes the same choices. Sources themselves are shuffled, so the regular order
 costs no randomness where it matters.
 """
+
 from __future__ import annotations
 
 import dataclasses
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 
 from dsvl_jax.errors import ConfigError
+
 TEXT, MULTIMODAL = "text", "multimodal"
 GROUPS = (TEXT, MULTIMODAL)
 
@@ -25,6 +27,7 @@ GROUPS = (TEXT, MULTIMODAL)
 @dataclasses.dataclass(frozen=True)
 class RatioSchedule:
     """Language share of samples at a step: `start` at step 0, linear to `end` at `warmup_steps`."""
+
     end: float
     start: float = 1.0
     warmup_steps: int = 0
@@ -52,7 +55,9 @@ class Credits:
     def choose(self, weights: Sequence[float]) -> int:
         w = np.asarray(weights, np.float64)
         if w.shape != self.credit.shape or (w < 0).any() or w.sum() <= 0:
-            raise ValueError(f"weights {list(weights)} must be {self.credit.size} non-negative numbers, not all 0")
+            raise ValueError(
+                f"weights {list(weights)} must be {self.credit.size} non-negative numbers, not all 0"
+            )
         self.credit += w / w.sum()
         k = int(np.argmax(np.where(w > 0, self.credit, -np.inf)))
         self.credit[k] -= 1.0
@@ -74,7 +79,11 @@ class Mixer:
         bad = [g for g in groups if g not in GROUPS]
         if bad:
             raise ValueError(f"source groups {bad} must be one of {GROUPS}")
-        self.groups, self.weights, self.schedule = tuple(groups), tuple(float(w) for w in weights), schedule
+        self.groups, self.weights, self.schedule = (
+            tuple(groups),
+            tuple(float(w) for w in weights),
+            schedule,
+        )
         self.members = {g: [i for i, s in enumerate(groups) if s == g] for g in GROUPS}
         self.group_credits = Credits(2)
         self.source_credits = {g: Credits(len(m)) for g, m in self.members.items() if m}
@@ -97,8 +106,10 @@ class Mixer:
         return self.choose_source(self.choose_group(step))
 
     def get_state(self) -> dict:
-        return {"group": self.group_credits.get_state(),
-                "source": {g: c.get_state() for g, c in self.source_credits.items()}}
+        return {
+            "group": self.group_credits.get_state(),
+            "source": {g: c.get_state() for g, c in self.source_credits.items()},
+        }
 
     def set_state(self, state: dict) -> None:
         self.group_credits.set_state(state["group"])

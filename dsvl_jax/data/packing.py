@@ -6,6 +6,7 @@ positions (inputs ids[:-1], targets ids[1:]). Segment ids count samples within a
 non-zero segments) and RoPE never cross a document. The k-th image of a row belongs to the k-th
 run of image tokens in that row, which is how the model splices image embeddings.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -16,11 +17,12 @@ import numpy as np
 @dataclasses.dataclass
 class Sample:
     """One tokenized example. `target_mask[t]` = 1 where token t is a supervised target."""
+
     id: str
     source: int
-    ids: np.ndarray                # [n] int32
-    target_mask: np.ndarray        # [n] uint8
-    pixels: np.ndarray | None      # [m, S, S, 3] uint8 (None or m = 0: text-only)
+    ids: np.ndarray  # [n] int32
+    target_mask: np.ndarray  # [n] uint8
+    pixels: np.ndarray | None  # [m, S, S, 3] uint8 (None or m = 0: text-only)
     high_pixels: np.ndarray | None = None  # [m, H, H, 3] uint8 (hybrid models)
 
     @property
@@ -38,8 +40,15 @@ class RowPacker:
 
     pack=False puts one sample per row (padded), as the paper's stages 1 and 3 do."""
 
-    def __init__(self, rows: int, seq_len: int, image_slots: int, low_size: int, high_size: int | None,
-                 pack: bool = True):
+    def __init__(
+        self,
+        rows: int,
+        seq_len: int,
+        image_slots: int,
+        low_size: int,
+        high_size: int | None,
+        pack: bool = True,
+    ):
         self.rows, self.seq_len, self.image_slots, self.pack = rows, seq_len, image_slots, pack
         self.low_size, self.high_size = low_size, high_size
         self.reset()
@@ -59,8 +68,11 @@ class RowPacker:
     def add(self, s: Sample) -> bool:
         """Place `s` in the first row with room for its tokens and images; False if none has."""
         for r in range(self.rows):
-            if (self.pack or not self.placed[r]) and self.used[r] + s.length <= self.seq_len \
-                    and self.images[r] + s.num_images <= self.image_slots:
+            if (
+                (self.pack or not self.placed[r])
+                and self.used[r] + s.length <= self.seq_len
+                and self.images[r] + s.num_images <= self.image_slots
+            ):
                 self.placed[r].append(s)
                 self.used[r] += s.length
                 self.images[r] += s.num_images
@@ -70,9 +82,13 @@ class RowPacker:
     def emit(self, with_images: bool = True) -> dict[str, np.ndarray]:
         """The batch as numpy arrays; resets the packer. Without images: no pixel arrays at all."""
         b, t = self.rows, self.seq_len
-        out = dict(ids=np.zeros((b, t), np.int32), targets=np.zeros((b, t), np.int32),
-                   positions=np.zeros((b, t), np.int32), segments=np.zeros((b, t), np.int32),
-                   loss_mask=np.zeros((b, t), np.float32))
+        out = dict(
+            ids=np.zeros((b, t), np.int32),
+            targets=np.zeros((b, t), np.int32),
+            positions=np.zeros((b, t), np.int32),
+            segments=np.zeros((b, t), np.int32),
+            loss_mask=np.zeros((b, t), np.float32),
+        )
         if with_images:
             i, s = self.image_slots, self.low_size
             out["pixels"] = np.zeros((b, i, s, s, 3), np.uint8)
@@ -93,9 +109,9 @@ class RowPacker:
                 if m:
                     if not with_images:
                         raise ValueError(f"sample {smp.id} has images but the batch is text-only")
-                    out["pixels"][r, img:img + m] = smp.pixels
+                    out["pixels"][r, img : img + m] = smp.pixels
                     if self.high_size:
-                        out["high_pixels"][r, img:img + m] = smp.high_pixels
+                        out["high_pixels"][r, img : img + m] = smp.high_pixels
                     img += m
         self.reset()
         return out

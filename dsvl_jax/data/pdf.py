@@ -4,10 +4,12 @@
 `make_pdf` writes small real PDFs with a text layer, for the embedded corpus and for tests.
 Both use pypdfium2 (PDFium), so what `make_pdf` writes is exactly what `render_pdf` reads back.
 """
+
 from __future__ import annotations
 
 import ctypes
 import dataclasses
+import functools
 import hashlib
 import io
 import re
@@ -25,13 +27,19 @@ _LOCK = threading.RLock()
 
 @dataclasses.dataclass(frozen=True)
 class PdfPage:
-    index: int   # 0-based page number in the document
-    png: bytes   # the page rasterised at the requested dpi, RGB PNG
-    text: str    # the page's text layer, lines joined by "\n" ("" for a scanned page)
+    index: int  # 0-based page number in the document
+    png: bytes  # the page rasterised at the requested dpi, RGB PNG
+    text: str  # the page's text layer, lines joined by "\n" ("" for a scanned page)
 
 
-def render_pdf(data: bytes, *, dpi: float = 96, max_pages: int | None = None, record_id: str = "",
-               max_pixels: int = DEFAULT_MAX_PIXELS) -> list[PdfPage]:
+def render_pdf(
+    data: bytes,
+    *,
+    dpi: float = 96,
+    max_pages: int | None = None,
+    record_id: str = "",
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+) -> list[PdfPage]:
     """Rasterise the first `max_pages` pages of a PDF (all by default) and extract their text layers.
 
     A page of W x H points becomes round(W * dpi / 72) x round(H * dpi / 72) pixels. Bytes that are not a
@@ -71,8 +79,12 @@ def _render(doc, dpi: float, max_pages: int | None, record_id: str, max_pixels: 
             try:
                 w, h = page.get_size()
                 if w * scale * h * scale > max_pixels:
-                    raise BadRecord("image_too_large", f"page {i} is {w:.0f}x{h:.0f} pt = "
-                                    f"{w * scale:.0f}x{h * scale:.0f} px at {dpi} dpi > limit {max_pixels}", record_id)
+                    raise BadRecord(
+                        "image_too_large",
+                        f"page {i} is {w:.0f}x{h:.0f} pt = "
+                        f"{w * scale:.0f}x{h * scale:.0f} px at {dpi} dpi > limit {max_pixels}",
+                        record_id,
+                    )
                 im = page.render(scale=scale).to_pil().convert("RGB")
                 textpage = page.get_textpage()
                 try:
@@ -80,7 +92,9 @@ def _render(doc, dpi: float, max_pages: int | None, record_id: str, max_pixels: 
                 finally:
                     textpage.close()
             except pdfium.PdfiumError as e:
-                raise BadRecord("image_corrupt", f"PDF page {i} cannot be rendered: {e}", record_id) from None
+                raise BadRecord(
+                    "image_corrupt", f"PDF page {i} cannot be rendered: {e}", record_id
+                ) from None
             finally:
                 page.close()
             out.append((im, text))
@@ -95,8 +109,14 @@ def _clean(text: str) -> str:
     return "\n".join(ln.rstrip() for ln in lines).strip()
 
 
-def make_pdf(pages: Sequence[str], *, page_size: tuple[float, float] = A4, font_size: float = 11.0,
-             margin: float = 54.0, leading: float = 1.35) -> bytes:
+def make_pdf(
+    pages: Sequence[str],
+    *,
+    page_size: tuple[float, float] = A4,
+    font_size: float = 11.0,
+    margin: float = 54.0,
+    leading: float = 1.35,
+) -> bytes:
     """A real PDF with a text layer: each string starts a new page and flows onto more pages if long.
 
     Paragraphs are separated by blank lines and word-wrapped to the text width; a paragraph starting
@@ -111,23 +131,34 @@ def make_pdf(pages: Sequence[str], *, page_size: tuple[float, float] = A4, font_
         try:
             text.encode("cp1252")
         except UnicodeEncodeError as e:
-            raise ValueError(f"make_pdf: page {p} has {text[e.start]!r}, which Helvetica/WinAnsi "
-                             f"cannot encode (only cp1252 text is supported)") from None
+            raise ValueError(
+                f"make_pdf: page {p} has {text[e.start]!r}, which Helvetica/WinAnsi "
+                f"cannot encode (only cp1252 text is supported)"
+            ) from None
     with _LOCK:
         data = _write(pages, page_size, font_size, margin, leading)
     return _deterministic(data)
 
 
-def _write(pages: Sequence[str], page_size: tuple[float, float], font_size: float, margin: float,
-           leading: float) -> bytes:
+def _write(
+    pages: Sequence[str],
+    page_size: tuple[float, float],
+    font_size: float,
+    margin: float,
+    leading: float,
+) -> bytes:
     import pypdfium2 as pdfium
     import pypdfium2.raw as raw
 
     w, h = page_size
     doc = pdfium.PdfDocument.new()
     try:
-        fonts = {bold: raw.FPDFText_LoadStandardFont(doc.raw, b"Helvetica-Bold" if bold else b"Helvetica")
-                 for bold in (False, True)}
+        fonts = {
+            bold: raw.FPDFText_LoadStandardFont(
+                doc.raw, b"Helvetica-Bold" if bold else b"Helvetica"
+            )
+            for bold in (False, True)
+        }
         widths: dict[tuple[bool, str], float] = {}
 
         def width(s: str, bold: bool, size: float) -> float:  # advance width in points, no kerning
@@ -145,7 +176,8 @@ def _write(pages: Sequence[str], page_size: tuple[float, float], font_size: floa
             for para in re.split(r"\n\s*\n", text.strip()):
                 bold = para.startswith("# ")
                 size = font_size * (1.4 if bold else 1.0)
-                for line in _wrap(para[2:] if bold else para, lambda s: width(s, bold, size), w - 2 * margin):
+                measure = functools.partial(width, bold=bold, size=size)
+                for line in _wrap(para[2:] if bold else para, measure, w - 2 * margin):
                     if y - size < margin:  # flow onto a new page
                         _finish(page)
                         page, y = doc.new_page(w, h), h - margin
@@ -171,7 +203,7 @@ def _wrap(text: str, width, max_width: float) -> list[str]:
     for word in text.split():
         while width(word) > max_width:  # hard-split an over-long word
             k = 1
-            while k < len(word) and width(word[:k + 1]) <= max_width:
+            while k < len(word) and width(word[: k + 1]) <= max_width:
                 k += 1
             if cur:
                 lines.append(cur)
@@ -203,8 +235,14 @@ def _deterministic(data: bytes) -> bytes:
     data = re.sub(rb"/CreationDate\(D:\d{14}", b"/CreationDate(D:20000101000000", data)
     m = re.search(rb"/ID\s*\[\s*<([0-9A-Fa-f]+)>\s*<([0-9A-Fa-f]+)>", data)
     if m:
-        blank = data[:m.start()] + data[m.end():]
+        blank = data[: m.start()] + data[m.end() :]
         digest = hashlib.sha256(blank).hexdigest().upper().encode()
         a, b = m.group(1), m.group(2)
-        data = (data[:m.start(1)] + digest[:len(a)] + data[m.end(1):m.start(2)] + digest[:len(b)] + data[m.end(2):])
+        data = (
+            data[: m.start(1)]
+            + digest[: len(a)]
+            + data[m.end(1) : m.start(2)]
+            + digest[: len(b)]
+            + data[m.end(2) :]
+        )
     return data

@@ -1,4 +1,5 @@
-"""Image -> fixed-size uint8 views for the vision towers (docs/recipe.md#image-preprocessing), matching HF's DeepSeek-VL processors.
+"""Image -> fixed-size uint8 views for the vision towers, matching HF's DeepSeek-VL processors
+(docs/recipe.md#image-preprocessing).
 
 Two layouts, picked by `ModelConfig.vision`:
 - `siglip` (1.3B, HF `DeepseekVLImageProcessor`): resize the longer side to S (bicubic), pad to S×S with
@@ -15,10 +16,12 @@ The host only resizes and pads, all in uint8 through PIL's C resampler (the same
 makes, so the uint8 views are bit-identical to it). Rescale + normalisation run on device in the train
 step (`normalize_batch`), which keeps host work and host->device bytes 4x smaller than float32.
 """
+
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 import numpy as np
 from PIL import Image
@@ -30,8 +33,12 @@ CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 SIGLIP_MEAN = SIGLIP_STD = (0.5, 0.5, 0.5)
 MIN_SIZE = 14  # HF/original `min_size`: neither side of the first resize goes below this
 
-RESAMPLE = {"nearest": Image.Resampling.NEAREST, "bilinear": Image.Resampling.BILINEAR,
-            "bicubic": Image.Resampling.BICUBIC, "lanczos": Image.Resampling.LANCZOS}
+RESAMPLE = {
+    "nearest": Image.Resampling.NEAREST,
+    "bilinear": Image.Resampling.BILINEAR,
+    "bicubic": Image.Resampling.BICUBIC,
+    "lanczos": Image.Resampling.LANCZOS,
+}
 
 Color = tuple[int, int, int]
 Triple = tuple[float, float, float]
@@ -45,6 +52,7 @@ class ImageSpec:
     (the low view is then resized from that padded square and needs no pad), else the low view.
     Resample names are keys of `RESAMPLE`.
     """
+
     low_size: int
     high_size: int | None
     low_mean: Triple
@@ -69,12 +77,28 @@ def background_for(mean: Triple) -> Color:
 def image_spec(cfg: ModelConfig) -> ImageSpec:
     """The spec that feeds `cfg`'s towers: sizes from `cfg.siglip.image_size` / `cfg.sam.image_size`."""
     if cfg.hybrid:
-        return ImageSpec(low_size=cfg.siglip.image_size, high_size=cfg.sam.image_size,
-                         low_mean=SIGLIP_MEAN, low_std=SIGLIP_STD, high_mean=CLIP_MEAN, high_std=CLIP_STD,
-                         background=background_for(CLIP_MEAN), low_resample="bilinear", high_resample="bicubic")
-    return ImageSpec(low_size=cfg.siglip.image_size, high_size=None, low_mean=SIGLIP_MEAN, low_std=SIGLIP_STD,
-                     high_mean=None, high_std=None, background=background_for(SIGLIP_MEAN),
-                     low_resample="bicubic", high_resample=None)
+        return ImageSpec(
+            low_size=cfg.siglip.image_size,
+            high_size=cfg.sam.image_size,
+            low_mean=SIGLIP_MEAN,
+            low_std=SIGLIP_STD,
+            high_mean=CLIP_MEAN,
+            high_std=CLIP_STD,
+            background=background_for(CLIP_MEAN),
+            low_resample="bilinear",
+            high_resample="bicubic",
+        )
+    return ImageSpec(
+        low_size=cfg.siglip.image_size,
+        high_size=None,
+        low_mean=SIGLIP_MEAN,
+        low_std=SIGLIP_STD,
+        high_mean=None,
+        high_std=None,
+        background=background_for(SIGLIP_MEAN),
+        low_resample="bicubic",
+        high_resample=None,
+    )
 
 
 def fit_size(width: int, height: int, size: int, min_size: int = MIN_SIZE) -> tuple[int, int]:
@@ -83,8 +107,9 @@ def fit_size(width: int, height: int, size: int, min_size: int = MIN_SIZE) -> tu
     return max(round(width * delta), min_size), max(round(height * delta), min_size)
 
 
-def resize_and_pad(img: Image.Image, size: int, resample: str, background: Color,
-                   min_size: int = MIN_SIZE) -> Image.Image:
+def resize_and_pad(
+    img: Image.Image, size: int, resample: str, background: Color, min_size: int = MIN_SIZE
+) -> Image.Image:
     """Longer side -> `size`, then centre on a `size`×`size` canvas of `background` (PIL, uint8 RGB).
 
     The offset along the short side is (size - short) // 2, as HF's `pad_to_square`.
@@ -128,7 +153,7 @@ def normalize(x: Any, mean: Triple, std: Triple) -> Any:
 
 
 def normalize_batch(batch: Mapping[str, Any], spec: ImageSpec) -> dict[str, Any]:
-    """"pixels" / "high_pixels" ([B, I, S, S, 3] uint8) -> float32 with each tower's constants.
+    """ "pixels" / "high_pixels" ([B, I, S, S, 3] uint8) -> float32 with each tower's constants.
 
     Other keys pass through unchanged. Meant to run on device, inside the jitted train step.
     """
@@ -137,6 +162,8 @@ def normalize_batch(batch: Mapping[str, Any], spec: ImageSpec) -> dict[str, Any]
         out["pixels"] = normalize(out["pixels"], spec.low_mean, spec.low_std)
     if "high_pixels" in out:
         if spec.high_mean is None:
-            raise ValueError("batch has 'high_pixels' but the image spec is SigLIP-only (model.vision != 'hybrid')")
+            raise ValueError(
+                "batch has 'high_pixels' but the image spec is SigLIP-only (model.vision != 'hybrid')"
+            )
         out["high_pixels"] = normalize(out["high_pixels"], spec.high_mean, spec.high_std)
     return out

@@ -9,6 +9,7 @@ A prepared dataset is a tfds dataset directory (dataset_info.json + ArrayRecord 
 `open_source(path)` accepts the version dir itself or any folder above it holding exactly one
 dataset; `open_sources(path)` returns all of them. Reading needs no TensorFlow and no builder class.
 """
+
 from __future__ import annotations
 
 import os
@@ -24,9 +25,11 @@ class DataNotFound(FileNotFoundError, ConfigError):
     """A configured data folder that does not exist or holds no prepared dataset."""
 
 
-HINT = ("write it with `python -m dsvl_jax.data generate --out DIR` (the embedded corpus) or "
-        "`python -m dsvl_jax.data prepare ... --out DIR` (your data), or point data_root / "
-        "data.sources.<name>.path at it")
+HINT = (
+    "write it with `python -m dsvl_jax.data generate --out DIR` (the embedded corpus) or "
+    "`python -m dsvl_jax.data prepare ... --out DIR` (your data), or point data_root / "
+    "data.sources.<name>.path at it"
+)
 
 
 def find_datasets(path: str, max_depth: int = 4) -> list[str]:
@@ -62,7 +65,9 @@ class ShardSource:
 
             builder = tfds.builder_from_directory(self.dataset_dir)
             if self.split not in builder.info.splits:
-                raise KeyError(f"{self.dataset_dir}: no split {self.split!r}; has {list(builder.info.splits)}")
+                raise KeyError(
+                    f"{self.dataset_dir}: no split {self.split!r}; has {list(builder.info.splits)}"
+                )
             self._src = builder.as_data_source(self.split)
         return self._src
 
@@ -93,8 +98,14 @@ def open_source(path: str, split: str = "train") -> ShardSource:
     """The one prepared dataset at or below `path` as a random-access source of Examples."""
     found = find_datasets(path)
     if len(found) != 1:
-        what = "no prepared dataset" if not found else f"{len(found)} datasets ({', '.join(found)}); pick one"
-        raise (ConfigError if found else DataNotFound)(f"{path}: {what} (a dataset dir holds {INFO_FILE}); {HINT}")
+        what = (
+            "no prepared dataset"
+            if not found
+            else f"{len(found)} datasets ({', '.join(found)}); pick one"
+        )
+        raise (ConfigError if found else DataNotFound)(
+            f"{path}: {what} (a dataset dir holds {INFO_FILE}); {HINT}"
+        )
     return ShardSource(found[0], split)
 
 

@@ -35,6 +35,7 @@ Truncation (`max_len` bounds len(ids)): plain text is cut at max_len (the final 
 image block is never cut nor dropped (its pixels would lose their tokens), that is a
 TemplateError, as is an example left with no loss token.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -75,14 +76,15 @@ class TemplateError(BadRecord):
 
 @dataclasses.dataclass(frozen=True)
 class Rendered:
-    ids: np.ndarray        # [T] int32
+    ids: np.ndarray  # [T] int32
     loss_mask: np.ndarray  # [T] bool: ids[t] is a training target
-    num_images: int        # image blocks of num_image_tokens ids each
+    num_images: int  # image blocks of num_image_tokens ids each
     truncated: bool = False
 
 
-def _segments(messages: Sequence[Message], mode: str, default_system: str,
-              rid: str) -> list[tuple[str | None, bool]]:
+def _segments(
+    messages: Sequence[Message], mode: str, default_system: str, rid: str
+) -> list[tuple[str | None, bool]]:
     """messages -> [(text or _EOS, loss)], in order; mode is "train", "format" or "generate"."""
     if not messages:
         raise TemplateError(rid, "no messages")
@@ -91,21 +93,29 @@ def _segments(messages: Sequence[Message], mode: str, default_system: str,
         if set(roles) != {"text"}:
             raise TemplateError(rid, f"'text' messages cannot mix with conversation roles {roles}")
         if mode == "generate":
-            raise TemplateError(rid, "a generation prompt needs a conversation, not 'text' messages")
+            raise TemplateError(
+                rid, "a generation prompt needs a conversation, not 'text' messages"
+            )
         return [(TEXT_JOIN.join(m.content for m in messages), True), (_EOS, True)]
     msgs, system = list(messages), default_system.strip()
     if msgs[0].role == "system":
         system = msgs.pop(0).content.strip()
     for i, m in enumerate(msgs):
         if m.role != ("user", "assistant")[i % 2]:
-            raise TemplateError(rid, f"roles must be [system] then user/assistant alternating, got {roles}")
+            raise TemplateError(
+                rid, f"roles must be [system] then user/assistant alternating, got {roles}"
+            )
     if not msgs:
         raise TemplateError(rid, "no user message")
     last_role = msgs[-1].role
     if mode == "train" and (last_role != "assistant" or not msgs[-1].content.strip()):
-        raise TemplateError(rid, "a training conversation must end with a non-empty assistant answer")
+        raise TemplateError(
+            rid, "a training conversation must end with a non-empty assistant answer"
+        )
     if mode == "generate" and last_role != "user":
-        raise TemplateError(rid, f"a generation prompt must end with a user message, got {last_role!r}")
+        raise TemplateError(
+            rid, f"a generation prompt must end with a user message, got {last_role!r}"
+        )
 
     segs: list[tuple[str | None, bool]] = []
     prompt = system + USER_SEP if system else ""
@@ -119,7 +129,9 @@ def _segments(messages: Sequence[Message], mode: str, default_system: str,
         elif last:  # a trailing empty answer renders as the generation prompt
             prompt += ASSISTANT_PREFIX
         else:
-            raise TemplateError(rid, f"empty assistant answer in message {i + (len(roles) - len(msgs))}")
+            raise TemplateError(
+                rid, f"empty assistant answer in message {i + (len(roles) - len(msgs))}"
+            )
     if mode == "generate":
         prompt += ASSISTANT_PREFIX
     if prompt:
@@ -127,14 +139,23 @@ def _segments(messages: Sequence[Message], mode: str, default_system: str,
     return segs
 
 
-def format_conversation(messages: Sequence[Message], *, add_generation_prompt: bool = False,
-                        eos_text: str = DEEPSEEK_EOS, default_system: str = DEFAULT_SYSTEM_PROMPT) -> str:
+def format_conversation(
+    messages: Sequence[Message],
+    *,
+    add_generation_prompt: bool = False,
+    eos_text: str = DEEPSEEK_EOS,
+    default_system: str = DEFAULT_SYSTEM_PROMPT,
+) -> str:
     """The template as a string, without BOS; `render` tokenizes exactly this (plus BOS)."""
     mode = "generate" if add_generation_prompt else "format"
-    return "".join(eos_text if t is _EOS else t for t, _ in _segments(messages, mode, default_system, ""))
+    return "".join(
+        eos_text if t is _EOS else t for t, _ in _segments(messages, mode, default_system, "")
+    )
 
 
-def _encode(segs, tok: Tokenizer, num_image_tokens: int, rid: str) -> tuple[list[int], list[bool], int]:
+def _encode(
+    segs, tok: Tokenizer, num_image_tokens: int, rid: str
+) -> tuple[list[int], list[bool], int]:
     if num_image_tokens < 1:
         raise ValueError(f"num_image_tokens={num_image_tokens}: must be >= 1")
     ids, mask, images = [tok.bos_id], [False], 0
@@ -152,16 +173,25 @@ def _encode(segs, tok: Tokenizer, num_image_tokens: int, rid: str) -> tuple[list
             if part:
                 t = tok.encode(part)
                 if special.intersection(t):
-                    raise TemplateError(rid, f"text {part[:60]!r} contains a special token string "
-                                        f"({tok.decode(sorted(special.intersection(t)))})")
+                    raise TemplateError(
+                        rid,
+                        f"text {part[:60]!r} contains a special token string "
+                        f"({tok.decode(sorted(special.intersection(t)))})",
+                    )
                 ids += t
                 mask += [loss] * len(t)
     return ids, mask, images
 
 
-def render(example: Example | Sequence[Message], tokenizer: Tokenizer, num_image_tokens: int, *,
-           max_len: int | None = None, overflow: str = "truncate",
-           default_system: str = DEFAULT_SYSTEM_PROMPT) -> Rendered:
+def render(
+    example: Example | Sequence[Message],
+    tokenizer: Tokenizer,
+    num_image_tokens: int,
+    *,
+    max_len: int | None = None,
+    overflow: str = "truncate",
+    default_system: str = DEFAULT_SYSTEM_PROMPT,
+) -> Rendered:
     """Training form of an Example (or a message list): ids [T] int32, loss_mask [T] bool, T <= max_len.
 
     overflow: "truncate" cuts plain text past max_len (never an image block: TemplateError),
@@ -171,10 +201,15 @@ def render(example: Example | Sequence[Message], tokenizer: Tokenizer, num_image
         raise ValueError(f"overflow={overflow!r}: expected one of {OVERFLOW}")
     rid = example.id if isinstance(example, Example) else ""
     messages = example.messages if isinstance(example, Example) else example
-    ids, mask, images = _encode(_segments(messages, "train", default_system, rid), tokenizer, num_image_tokens, rid)
+    ids, mask, images = _encode(
+        _segments(messages, "train", default_system, rid), tokenizer, num_image_tokens, rid
+    )
     if isinstance(example, Example) and images != len(example.images):
-        raise TemplateError(rid, f"{images} {IMAGE_TAG} tags but {len(example.images)} images",
-                            "image_count_mismatch")
+        raise TemplateError(
+            rid,
+            f"{images} {IMAGE_TAG} tags but {len(example.images)} images",
+            "image_count_mismatch",
+        )
     ids_a, mask_a = np.asarray(ids, np.int32), np.asarray(mask, bool)
     truncated = max_len is not None and len(ids) > max_len
     if truncated:
@@ -182,18 +217,34 @@ def render(example: Example | Sequence[Message], tokenizer: Tokenizer, num_image
             raise TemplateError(rid, f"{len(ids)} tokens > max_len {max_len}")
         cut = np.flatnonzero(ids_a[max_len:] == tokenizer.image_token_id)
         if cut.size:
-            k = int(np.sum(ids_a[:max_len + cut[0]] == tokenizer.image_token_id)) // num_image_tokens
-            raise TemplateError(rid, f"{len(ids)} tokens > max_len {max_len} would cut image {k + 1} of "
-                                f"{images}; image blocks are never truncated (raise max_len or drop the record)")
+            k = (
+                int(np.sum(ids_a[: max_len + cut[0]] == tokenizer.image_token_id))
+                // num_image_tokens
+            )
+            raise TemplateError(
+                rid,
+                f"{len(ids)} tokens > max_len {max_len} would cut image {k + 1} of "
+                f"{images}; image blocks are never truncated (raise max_len or drop the record)",
+            )
         ids_a, mask_a = ids_a[:max_len], mask_a[:max_len]
     if not mask_a.any():
-        raise TemplateError(rid, "no loss token left" + (f" within max_len {max_len}" if truncated else ""),
-                            "empty_text")
+        raise TemplateError(
+            rid,
+            "no loss token left" + (f" within max_len {max_len}" if truncated else ""),
+            "empty_text",
+        )
     return Rendered(ids_a, mask_a, images, bool(truncated))
 
 
-def render_generation_prompt(messages: Sequence[Message], tokenizer: Tokenizer, num_image_tokens: int, *,
-                             default_system: str = DEFAULT_SYSTEM_PROMPT) -> Rendered:
+def render_generation_prompt(
+    messages: Sequence[Message],
+    tokenizer: Tokenizer,
+    num_image_tokens: int,
+    *,
+    default_system: str = DEFAULT_SYSTEM_PROMPT,
+) -> Rendered:
     """Inference prompt: BOS + conversation ending with "User: ...\\n\\nAssistant:" (loss_mask all False)."""
-    ids, _, images = _encode(_segments(messages, "generate", default_system, ""), tokenizer, num_image_tokens, "")
+    ids, _, images = _encode(
+        _segments(messages, "generate", default_system, ""), tokenizer, num_image_tokens, ""
+    )
     return Rendered(np.asarray(ids, np.int32), np.zeros(len(ids), bool), images)

@@ -13,6 +13,7 @@ DeepSeek's own tokenizer (`HFTokenizer`): BOS 100000, EOS 100001, image 100015, 
 falls back to EOS, as in DeepSeek's `VLChatProcessor`); 100016 entries for a 102400-row embedding.
 `vocab_size` is always the tokenizer's size, never the embedding's.
 """
+
 from __future__ import annotations
 
 import abc
@@ -71,19 +72,27 @@ class Tokenizer(abc.ABC):
 
     def _check(self) -> None:
         """Each special string must encode to exactly its one id (the template relies on it)."""
-        for role, text, tid in (("BOS", self.bos_text, self.bos_id), ("EOS", self.eos_text, self.eos_id),
-                                ("image", self.image_text, self.image_token_id)):
+        for role, text, tid in (
+            ("BOS", self.bos_text, self.bos_id),
+            ("EOS", self.eos_text, self.eos_id),
+            ("image", self.image_text, self.image_token_id),
+        ):
             got = self.encode(text)
             if got != [tid]:
-                raise TokenizerError(f"{self.source}: the {role} token {text!r} encodes to {got}, "
-                                     f"expected the single id [{tid}]")
+                raise TokenizerError(
+                    f"{self.source}: the {role} token {text!r} encodes to {got}, "
+                    f"expected the single id [{tid}]"
+                )
 
     def __repr__(self) -> str:
-        return (f"{type(self).__name__}({self.source!r}, vocab_size={self.vocab_size}, bos={self.bos_id}, "
-                f"eos={self.eos_id}, pad={self.pad_id}, image={self.image_token_id})")
+        return (
+            f"{type(self).__name__}({self.source!r}, vocab_size={self.vocab_size}, bos={self.bos_id}, "
+            f"eos={self.eos_id}, pad={self.pad_id}, image={self.image_token_id})"
+        )
 
 
 # --- SentencePiece -------------------------------------------------------------------------------
+
 
 class SentencePieceTokenizer(Tokenizer):
     """A SentencePiece `.model` (a path or the serialized bytes).
@@ -102,32 +111,42 @@ class SentencePieceTokenizer(Tokenizer):
         if not serialized and not Path(model).is_file():
             raise FileNotFoundError(f"SentencePiece model {model} not found")
         try:
-            self._sp = (spm.SentencePieceProcessor(model_proto=bytes(model)) if serialized
-                        else spm.SentencePieceProcessor(model_file=str(model)))
+            self._sp = (
+                spm.SentencePieceProcessor(model_proto=bytes(model))
+                if serialized
+                else spm.SentencePieceProcessor(model_file=str(model))
+            )
         except (OSError, RuntimeError) as e:
             raise TokenizerError(f"{self.source}: not a SentencePiece model ({e})") from None
         sp = self._sp
         for role, tid in (("BOS", sp.bos_id()), ("EOS", sp.eos_id())):
             if tid < 0:
-                raise TokenizerError(f"{self.source}: SentencePiece model has no {role} piece (train with "
-                                     f"{role.lower()}_id >= 0)")
+                raise TokenizerError(
+                    f"{self.source}: SentencePiece model has no {role} piece (train with "
+                    f"{role.lower()}_id >= 0)"
+                )
         self.bos_id, self.eos_id = sp.bos_id(), sp.eos_id()
         self.pad_id = sp.pad_id() if sp.pad_id() >= 0 else self.eos_id
         self.image_text = IMAGE_TAG
         self.image_token_id = sp.piece_to_id(IMAGE_TAG)
         if self.image_token_id == sp.unk_id() or sp.is_control(self.image_token_id):
-            raise TokenizerError(f"{self.source}: SentencePiece model has no {IMAGE_TAG!r} piece "
-                                 "(train it as a user_defined_symbol)")
+            raise TokenizerError(
+                f"{self.source}: SentencePiece model has no {IMAGE_TAG!r} piece "
+                "(train it as a user_defined_symbol)"
+            )
         self.bos_text, self.eos_text = sp.id_to_piece(self.bos_id), sp.id_to_piece(self.eos_id)
         # Control pieces are never matched in text by SentencePiece itself: split them out here.
-        self._special_re = re.compile("|".join(map(re.escape, sorted({self.bos_text, self.eos_text}, key=len,
-                                                                          reverse=True))))
+        self._special_re = re.compile(
+            "|".join(map(re.escape, sorted({self.bos_text, self.eos_text}, key=len, reverse=True)))
+        )
         self._special_text = {self.bos_id: self.bos_text, self.eos_id: self.eos_text}
         if sp.pad_id() >= 0:
             self._special_text[sp.pad_id()] = sp.id_to_piece(sp.pad_id())
         if "".join(sp.encode("a", out_type=str)).startswith("\u2581"):
-            raise TokenizerError(f"{self.source}: SentencePiece model adds a dummy prefix ('a' -> "
-                                 f"{sp.encode('a', out_type=str)}); retrain with add_dummy_prefix=False")
+            raise TokenizerError(
+                f"{self.source}: SentencePiece model adds a dummy prefix ('a' -> "
+                f"{sp.encode('a', out_type=str)}); retrain with add_dummy_prefix=False"
+            )
         self._check()
 
     @property
@@ -139,7 +158,7 @@ class SentencePieceTokenizer(Tokenizer):
         pos = 0
         for m in self._special_re.finditer(text):
             if m.start() > pos:
-                ids += self._sp.encode(text[pos:m.start()])
+                ids += self._sp.encode(text[pos : m.start()])
             ids.append(self.bos_id if m.group() == self.bos_text else self.eos_id)
             pos = m.end()
         if pos < len(text):
@@ -165,8 +184,13 @@ class SentencePieceTokenizer(Tokenizer):
         return self._sp.serialized_model_proto()
 
 
-def train_sentencepiece(texts: Iterable[str], vocab_size: int, *, out: str | os.PathLike | None = None,
-                        **trainer_options) -> bytes:
+def train_sentencepiece(
+    texts: Iterable[str],
+    vocab_size: int,
+    *,
+    out: str | os.PathLike | None = None,
+    **trainer_options,
+) -> bytes:
     """Train a SentencePiece BPE model in memory; returns the serialized model (also written to `out`).
 
     Special ids are fixed (module docstring): pad 0, unk 1, BOS 2, EOS 3, image 4, bytes 5..260.
@@ -181,21 +205,41 @@ def train_sentencepiece(texts: Iterable[str], vocab_size: int, *, out: str | os.
     import sentencepiece as spm
 
     if vocab_size < 256 + 5 + 1:
-        raise ValueError(f"vocab_size={vocab_size}: byte fallback needs more than 261 (5 specials + 256 bytes)")
+        raise ValueError(
+            f"vocab_size={vocab_size}: byte fallback needs more than 261 (5 specials + 256 bytes)"
+        )
     options = dict(
-        model_type="bpe", vocab_size=vocab_size, hard_vocab_limit=False, character_coverage=1.0,
-        byte_fallback=True, split_digits=True, normalization_rule_name="identity",
-        remove_extra_whitespaces=False, add_dummy_prefix=False, minloglevel=2,
-        pad_id=SP_PAD_ID, unk_id=SP_UNK_ID, bos_id=SP_BOS_ID, eos_id=SP_EOS_ID,
-        pad_piece=PAD_PIECE, unk_piece=UNK_PIECE, bos_piece=DEEPSEEK_BOS, eos_piece=DEEPSEEK_EOS,
+        model_type="bpe",
+        vocab_size=vocab_size,
+        hard_vocab_limit=False,
+        character_coverage=1.0,
+        byte_fallback=True,
+        split_digits=True,
+        normalization_rule_name="identity",
+        remove_extra_whitespaces=False,
+        add_dummy_prefix=False,
+        minloglevel=2,
+        pad_id=SP_PAD_ID,
+        unk_id=SP_UNK_ID,
+        bos_id=SP_BOS_ID,
+        eos_id=SP_EOS_ID,
+        pad_piece=PAD_PIECE,
+        unk_piece=UNK_PIECE,
+        bos_piece=DEEPSEEK_BOS,
+        eos_piece=DEEPSEEK_EOS,
         user_defined_symbols=[IMAGE_TAG],
     )
     fixed = {"pad_id", "unk_id", "bos_id", "eos_id"}
     if fixed & trainer_options.keys():
-        raise ValueError(f"train_sentencepiece: {sorted(fixed & trainer_options.keys())} are fixed "
-                         "(special ids are part of the model contract)")
-    extra = list(trainer_options.pop("user_defined_symbols", ()))  # more atomic pieces, after the image
-    options.update(trainer_options, user_defined_symbols=[IMAGE_TAG] + [s for s in extra if s != IMAGE_TAG])
+        raise ValueError(
+            f"train_sentencepiece: {sorted(fixed & trainer_options.keys())} are fixed "
+            "(special ids are part of the model contract)"
+        )
+    # more atomic pieces, after the image
+    extra = list(trainer_options.pop("user_defined_symbols", ()))
+    options.update(
+        trainer_options, user_defined_symbols=[IMAGE_TAG] + [s for s in extra if s != IMAGE_TAG]
+    )
     buf = io.BytesIO()
     spm.SentencePieceTrainer.train(sentence_iterator=iter(texts), model_writer=buf, **options)
     model = buf.getvalue()
@@ -206,18 +250,23 @@ def train_sentencepiece(texts: Iterable[str], vocab_size: int, *, out: str | os.
     return model
 
 
-def train_on_examples(examples: Iterable, vocab_size: int, *, out: str | os.PathLike | None = None) -> bytes:
+def train_on_examples(
+    examples: Iterable, vocab_size: int, *, out: str | os.PathLike | None = None
+) -> bytes:
     """A SentencePiece model for a corpus of records.Example: trained on their message texts (image tags out)."""
+
     def texts():
         for ex in examples:
             for m in ex.messages:
                 for line in m.content.replace(IMAGE_TAG, " ").split("\n"):
                     if line.strip():
                         yield line
+
     return train_sentencepiece(texts(), vocab_size, out=out)
 
 
 # --- HuggingFace tokenizer.json --------------------------------------------------------------------
+
 
 def _token_str(value) -> str | None:
     """tokenizer_config values are either strings or AddedToken dicts {"content": ...}."""
@@ -235,8 +284,15 @@ class HFTokenizer(Tokenizer):
     back to EOS when the files name no pad token (DeepSeek's case).
     """
 
-    def __init__(self, path: str | os.PathLike, *, bos: str | None = None, eos: str | None = None,
-                 image: str | None = None, pad: str | None = None):
+    def __init__(
+        self,
+        path: str | os.PathLike,
+        *,
+        bos: str | None = None,
+        eos: str | None = None,
+        image: str | None = None,
+        pad: str | None = None,
+    ):
         from tokenizers import Tokenizer as _HFTok
 
         path = Path(path)
@@ -246,7 +302,7 @@ class HFTokenizer(Tokenizer):
             raise FileNotFoundError(f"tokenizer file {file} not found")
         try:
             self._tok = _HFTok.from_file(str(file))
-        except Exception as e:  # tokenizers raises a bare Exception on a malformed file
+        except Exception as e:  # noqa: BLE001 - tokenizers raises a bare Exception on a malformed file
             raise TokenizerError(f"{file}: not a HuggingFace tokenizer.json ({e})") from None
         conf: dict = {}
         for name in ("special_tokens_map.json", "tokenizer_config.json"):  # the later file wins
@@ -256,7 +312,8 @@ class HFTokenizer(Tokenizer):
                     d = json.loads(f.read_text(encoding="utf-8"))
                 except json.JSONDecodeError as e:
                     raise TokenizerError(f"{f}: invalid JSON ({e})") from None
-                if isinstance(d.get("extra_special_tokens"), dict):  # transformers 5 puts image_token here
+                # transformers 5 puts image_token here
+                if isinstance(d.get("extra_special_tokens"), dict):
                     conf.update(d["extra_special_tokens"])
                 conf.update(d)
 
@@ -276,8 +333,10 @@ class HFTokenizer(Tokenizer):
     def _require(self, text: str, role: str, key: str) -> int:
         tid = self._tok.token_to_id(text)
         if tid is None:
-            raise TokenizerError(f"{self.source}: the {role} token {text!r} is not in the vocabulary "
-                                 f"(set {key} in tokenizer_config.json or pass it explicitly)")
+            raise TokenizerError(
+                f"{self.source}: the {role} token {text!r} is not in the vocabulary "
+                f"(set {key} in tokenizer_config.json or pass it explicitly)"
+            )
         return tid
 
     @property
@@ -306,15 +365,21 @@ def load_tokenizer(path: str | os.PathLike) -> Tokenizer:
         models = sorted(p.glob("*.model"))
         if len(models) == 1:
             return SentencePieceTokenizer(models[0])
-        raise FileNotFoundError(f"tokenizer folder {p} has no tokenizer.json and "
-                                f"{'several' if models else 'no'} *.model files")
+        raise FileNotFoundError(
+            f"tokenizer folder {p} has no tokenizer.json and "
+            f"{'several' if models else 'no'} *.model files"
+        )
     if p.suffix == ".model":
         return SentencePieceTokenizer(p)
     if p.suffix == ".json":
         return HFTokenizer(p)
     if not p.exists():
-        raise FileNotFoundError(f"tokenizer {p} not found (expected a .model file, a tokenizer.json or its folder)")
-    raise TokenizerError(f"tokenizer {p}: unknown kind (expected a .model file, a tokenizer.json or its folder)")
+        raise FileNotFoundError(
+            f"tokenizer {p} not found (expected a .model file, a tokenizer.json or its folder)"
+        )
+    raise TokenizerError(
+        f"tokenizer {p}: unknown kind (expected a .model file, a tokenizer.json or its folder)"
+    )
 
 
 # looked up in a checkpoint dir, in this order
@@ -327,17 +392,21 @@ def find_tokenizer(checkpoint: str | os.PathLike) -> str | None:
     d = Path(checkpoint)
     for name in TOKENIZER_CANDIDATES:
         p = d / name
-        if p.is_file() or (p.is_dir() and ((p / "tokenizer.json").is_file() or list(p.glob("*.model")))):
+        if p.is_file() or (
+            p.is_dir() and ((p / "tokenizer.json").is_file() or list(p.glob("*.model")))
+        ):
             return str(p)
     models = sorted(d.glob("*.model"))
     return str(models[0]) if len(models) == 1 else None
 
 
-def model_mismatch(tok: "Tokenizer", image_token_id: int, vocab_rows: int) -> str:
+def model_mismatch(tok: Tokenizer, image_token_id: int, vocab_rows: int) -> str:
     """Why `tok` cannot feed a model with this image token id and embedding size ("" if it can)."""
     if tok.image_token_id != image_token_id:
-        return (f"tokenizer {tok.source}: image token id {tok.image_token_id} != model.image_token_id "
-                f"{image_token_id}")
+        return (
+            f"tokenizer {tok.source}: image token id {tok.image_token_id} != model.image_token_id "
+            f"{image_token_id}"
+        )
     if tok.vocab_size > vocab_rows:
         return f"tokenizer {tok.source}: vocab size {tok.vocab_size} > model.llm.vocab_size {vocab_rows}"
     return ""

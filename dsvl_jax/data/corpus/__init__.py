@@ -17,6 +17,7 @@ by (seed, kind, index), so `make_example(kind, seed, i)` equals the i-th record 
 Pillow and PDFium rasterisation can differ across versions). Images are PNG bytes with
 `image_size` on the long side and varied aspect ratios.
 """
+
 from __future__ import annotations
 
 from collections.abc import Iterator
@@ -26,8 +27,15 @@ import numpy as np
 from dsvl_jax.data import records
 from dsvl_jax.data.corpus import captions, charts, interleaved, ocr, pdfs, screenshots, text
 
-_BUILDERS = {"screenshot": screenshots.example, "pdf": pdfs.example, "ocr": ocr.example, "chart": charts.example,
-             "interleaved": interleaved.example, "caption": captions.example, "text": text.example}
+_BUILDERS = {
+    "screenshot": screenshots.example,
+    "pdf": pdfs.example,
+    "ocr": ocr.example,
+    "chart": charts.example,
+    "interleaved": interleaved.example,
+    "caption": captions.example,
+    "text": text.example,
+}
 assert set(_BUILDERS) == set(records.KINDS), "every record kind needs a corpus generator"
 MIN_IMAGE_SIZE = 64
 

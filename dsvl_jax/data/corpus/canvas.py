@@ -3,6 +3,7 @@
 Canvases have `image_size` on the long side and a varied aspect ratio, so the preprocessor's
 pad-to-square path is exercised by every kind.
 """
+
 from __future__ import annotations
 
 import functools
@@ -17,14 +18,29 @@ from dsvl_jax.data.corpus.words import pick
 ASPECTS = (1.0, 4 / 3, 3 / 4, 3 / 2, 2 / 3, 16 / 9, 9 / 16, 2.0, 1 / 2)
 
 # named colours, so captions and questions can say what was drawn
-COLORS = {"red": (214, 39, 40), "green": (44, 160, 44), "blue": (31, 119, 180), "yellow": (240, 200, 30),
-          "orange": (255, 127, 14), "purple": (148, 103, 189), "pink": (227, 119, 194),
-          "brown": (140, 86, 75), "black": (20, 20, 20), "gray": (127, 127, 127)}
-BACKGROUNDS = {"white": (255, 255, 255), "light gray": (225, 225, 225), "beige": (245, 240, 220),
-               "pale blue": (220, 235, 250)}
+COLORS = {
+    "red": (214, 39, 40),
+    "green": (44, 160, 44),
+    "blue": (31, 119, 180),
+    "yellow": (240, 200, 30),
+    "orange": (255, 127, 14),
+    "purple": (148, 103, 189),
+    "pink": (227, 119, 194),
+    "brown": (140, 86, 75),
+    "black": (20, 20, 20),
+    "gray": (127, 127, 127),
+}
+BACKGROUNDS = {
+    "white": (255, 255, 255),
+    "light gray": (225, 225, 225),
+    "beige": (245, 240, 220),
+    "pale blue": (220, 235, 250),
+}
 
 
-def canvas_size(rng: np.random.Generator, image_size: int, aspects: tuple[float, ...] = ASPECTS) -> tuple[int, int]:
+def canvas_size(
+    rng: np.random.Generator, image_size: int, aspects: tuple[float, ...] = ASPECTS
+) -> tuple[int, int]:
     """(width, height) with `image_size` on the long side and an aspect ratio drawn from `aspects`."""
     r = pick(rng, aspects)
     if r >= 1:

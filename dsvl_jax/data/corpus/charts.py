@@ -4,8 +4,10 @@
 `ChartSpec` from the seed and check every answer against the plotted numbers. Values are printed on
 the chart (bar and point labels, pie percentages), so each answer can be read off the image.
 Record: an SFT conversation of 1-2 user/assistant turns; the first user turn is
-IMAGE_TAG + "\n" + question, a visual one (chart kind or mark colour); a second may need the data. Rendering uses a reused Agg `Figure` (no pyplot, no global backend).
+IMAGE_TAG + "\n" + question, a visual one (chart kind or mark colour); a second may need the data.
+Rendering uses a reused Agg `Figure` (no pyplot, no global backend).
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -21,23 +23,48 @@ CHARTS = ("bar", "barh", "line", "pie", "scatter")
 
 # (title, item noun, category labels, value axis label)
 _CATEGORY_THEMES = (
-    ("Fruit sold at the market", "fruit", ("Apples", "Pears", "Plums", "Kiwis", "Figs", "Cherries", "Mangoes",
-                                           "Lemons"), "Boxes sold"),
-    ("Library loans by genre", "genre", ("Poetry", "History", "Science", "Travel", "Cooking", "Mystery",
-                                         "Drama"), "Books"),
-    ("Votes per team", "team", ("Red", "Blue", "Green", "Gold", "Silver", "Orange", "Violet"), "Votes"),
-    ("Visitors by town", "town", ("Ashford", "Brookton", "Calder", "Dunmore", "Elmstead", "Fairview",
-                                  "Glenrock"), "Visitors"),
+    (
+        "Fruit sold at the market",
+        "fruit",
+        ("Apples", "Pears", "Plums", "Kiwis", "Figs", "Cherries", "Mangoes", "Lemons"),
+        "Boxes sold",
+    ),
+    (
+        "Library loans by genre",
+        "genre",
+        ("Poetry", "History", "Science", "Travel", "Cooking", "Mystery", "Drama"),
+        "Books",
+    ),
+    (
+        "Votes per team",
+        "team",
+        ("Red", "Blue", "Green", "Gold", "Silver", "Orange", "Violet"),
+        "Votes",
+    ),
+    (
+        "Visitors by town",
+        "town",
+        ("Ashford", "Brookton", "Calder", "Dunmore", "Elmstead", "Fairview", "Glenrock"),
+        "Visitors",
+    ),
 )
 # (title, item noun, ordered x labels, value axis label)
 _SERIES_THEMES = (
-    ("Rainfall by month", "month", ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct",
-                                    "Nov", "Dec"), "Rainfall (mm)"),
+    (
+        "Rainfall by month",
+        "month",
+        ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec"),
+        "Rainfall (mm)",
+    ),
     ("Revenue by year", "year", tuple(str(y) for y in range(2010, 2024)), "Revenue"),
     ("Members by year", "year", tuple(str(y) for y in range(2005, 2020)), "Members"),
 )
-_SCATTER_THEMES = (("Height and weight", "Height", "Weight"), ("Study time and score", "Hours", "Score"),
-                   ("Price and sales", "Price", "Sales"), ("Age and speed", "Age", "Speed"))
+_SCATTER_THEMES = (
+    ("Height and weight", "Height", "Weight"),
+    ("Study time and score", "Hours", "Score"),
+    ("Price and sales", "Price", "Sales"),
+    ("Age and speed", "Age", "Speed"),
+)
 _COLORS = ("tab:blue", "tab:orange", "tab:green", "tab:red", "tab:purple", "tab:brown", "tab:gray")
 
 # question templates (the tests parse these)
@@ -52,18 +79,24 @@ Q_TREND = "Does {y} go up or down as {x} grows?"
 # visual questions a low-resolution model can answer (colour and chart kind survive a 32 px view)
 Q_COLOR = "What colour are the {marks}?"
 Q_KIND = "What kind of chart is this?"
-KIND_NAMES = {"bar": "bar chart", "barh": "horizontal bar chart", "line": "line chart", "pie": "pie chart",
-              "scatter": "scatter plot"}
+KIND_NAMES = {
+    "bar": "bar chart",
+    "barh": "horizontal bar chart",
+    "line": "line chart",
+    "pie": "pie chart",
+    "scatter": "scatter plot",
+}
 MARKS = {"bar": "bars", "barh": "bars", "line": "line", "scatter": "points"}
 
 
 @dataclasses.dataclass(frozen=True)
 class ChartSpec:
-    chart: str                  # one of CHARTS
+    chart: str  # one of CHARTS
     title: str
-    item: str                   # what a category is called in questions ("fruit", "year")
-    labels: tuple[str, ...]     # categories / x ticks (empty for scatter)
-    values: tuple[float, ...]   # bar heights, line points, pie percentages (sum 100): ints; scatter y
+    item: str  # what a category is called in questions ("fruit", "year")
+    labels: tuple[str, ...]  # categories / x ticks (empty for scatter)
+    # bar heights, line points, pie percentages (sum 100): ints; scatter y
+    values: tuple[float, ...]
     xs: tuple[float, ...] = ()  # scatter x
     xlabel: str = ""
     ylabel: str = ""
@@ -80,23 +113,43 @@ def make_spec(rng: np.random.Generator) -> ChartSpec:
         xs = np.round(rng.uniform(0, 10, n), 1)
         slope = float(rng.choice([-1, 1]) * rng.uniform(1, 3))
         ys = np.round(slope * xs + rng.normal(0, 1.5, n) + 40, 1)
-        return ChartSpec(chart, title, "point", (), tuple(float(v) for v in ys), tuple(float(v) for v in xs),
-                         xl, yl, color)
+        return ChartSpec(
+            chart,
+            title,
+            "point",
+            (),
+            tuple(float(v) for v in ys),
+            tuple(float(v) for v in xs),
+            xl,
+            yl,
+            color,
+        )
     if chart == "line":
         title, item, pool, yl = pick(rng, _SERIES_THEMES)
         n = int(rng.integers(4, 9))
         start = int(rng.integers(0, len(pool) - n + 1))
-        labels = pool[start:start + n]
+        labels = pool[start : start + n]
         values = rng.choice(np.arange(5, 100), n, replace=False)
-        return ChartSpec(chart, title, item, tuple(labels), tuple(int(v) for v in values), (), item.capitalize(), yl,
-                         color)
+        return ChartSpec(
+            chart,
+            title,
+            item,
+            tuple(labels),
+            tuple(int(v) for v in values),
+            (),
+            item.capitalize(),
+            yl,
+            color,
+        )
     title, item, pool, yl = pick(rng, _CATEGORY_THEMES)
     n = int(rng.integers(3, 7 if chart != "pie" else 6))
     labels = tuple(sample(rng, pool, n))
     if chart == "pie":
         return ChartSpec(chart, title, item, labels, _percentages(rng, n), (), "", "", color)
     values = rng.choice(np.arange(1, 100), n, replace=False)
-    return ChartSpec(chart, title, item, labels, tuple(int(v) for v in values), (), item.capitalize(), yl, color)
+    return ChartSpec(
+        chart, title, item, labels, tuple(int(v) for v in values), (), item.capitalize(), yl, color
+    )
 
 
 def _percentages(rng: np.random.Generator, n: int) -> tuple[int, ...]:
@@ -112,24 +165,35 @@ def _percentages(rng: np.random.Generator, n: int) -> tuple[int, ...]:
 LEGIBLE_PX = 160  # below this long side the printed values and labels are a few blurred pixels
 
 
-def questions(spec: ChartSpec, rng: np.random.Generator, legible: bool = True) -> list[tuple[str, str]]:
+def questions(
+    spec: ChartSpec, rng: np.random.Generator, legible: bool = True
+) -> list[tuple[str, str]]:
     """1-2 (question, answer) pairs, answers computed from `spec`. Only questions the image can answer:
     with `legible=False` (a small rendering) nothing that needs the printed numbers or labels."""
     v, lab = spec.values, spec.labels
     if spec.chart == "scatter":
         slope = np.polyfit(np.asarray(spec.xs), np.asarray(v), 1)[0]
-        pool = [(Q_POINTS, str(len(v))),
-                (Q_TREND.format(y=spec.ylabel.lower(), x=spec.xlabel.lower()), "up" if slope > 0 else "down")]
+        pool = [
+            (Q_POINTS, str(len(v))),
+            (
+                Q_TREND.format(y=spec.ylabel.lower(), x=spec.xlabel.lower()),
+                "up" if slope > 0 else "down",
+            ),
+        ]
     elif spec.chart == "pie":
         k = int(rng.integers(len(v)))
-        pool = [(Q_SHARE_MAX.format(item=spec.item), lab[int(np.argmax(v))]),
-                (Q_SHARE.format(label=lab[k]), f"{v[k]}%")]
+        pool = [
+            (Q_SHARE_MAX.format(item=spec.item), lab[int(np.argmax(v))]),
+            (Q_SHARE.format(label=lab[k]), f"{v[k]}%"),
+        ]
     else:
         k = int(rng.integers(len(v)))
-        pool = [(Q_MAX.format(item=spec.item), lab[int(np.argmax(v))]),
-                (Q_MIN.format(item=spec.item), lab[int(np.argmin(v))]),
-                (Q_VALUE.format(label=lab[k]), str(v[k])),
-                (Q_COUNT.format(item=spec.item), str(len(v)))]
+        pool = [
+            (Q_MAX.format(item=spec.item), lab[int(np.argmax(v))]),
+            (Q_MIN.format(item=spec.item), lab[int(np.argmin(v))]),
+            (Q_VALUE.format(label=lab[k]), str(v[k])),
+            (Q_COUNT.format(item=spec.item), str(len(v))),
+        ]
     visual = [(Q_KIND, KIND_NAMES[spec.chart])]
     if spec.chart in MARKS:  # pies use the default colour cycle
         visual.append((Q_COLOR.format(marks=MARKS[spec.chart]), spec.color.removeprefix("tab:")))
@@ -142,7 +206,8 @@ def questions(spec: ChartSpec, rng: np.random.Generator, legible: bool = True) -
 
 
 _FIG = None
-_LOCK = threading.Lock()  # the shared figure and matplotlib's rcParams are not thread-safe (grain reads with threads)
+# the shared figure and matplotlib's rcParams are not thread-safe (grain reads with threads)
+_LOCK = threading.Lock()
 
 
 def _figure():
@@ -175,10 +240,16 @@ def render(spec: ChartSpec, size: tuple[int, int]) -> bytes:
         ax.set_title(spec.title)
         # fixed margins in inches: tight_layout would cost a second layout pass (~40% of the time)
         left, bottom = _margins(spec)
-        fig.subplots_adjust(left=left * dpi / w, right=1 - 0.15 * dpi / w, bottom=bottom * dpi / h,
-                            top=1 - 0.3 * dpi / h)
+        fig.subplots_adjust(
+            left=left * dpi / w,
+            right=1 - 0.15 * dpi / w,
+            bottom=bottom * dpi / h,
+            top=1 - 0.3 * dpi / h,
+        )
         fig.canvas.draw()
-        rgb = np.asarray(fig.canvas.buffer_rgba())[..., :3].copy()  # copy before the lock frees the figure
+        rgb = np.asarray(fig.canvas.buffer_rgba())[
+            ..., :3
+        ].copy()  # copy before the lock frees the figure
     return canvas.png(Image.fromarray(rgb))
 
 
@@ -208,14 +279,28 @@ def _plot(ax, spec: ChartSpec) -> None:
         x = np.arange(len(v))
         ax.plot(x, v, marker="o", color=spec.color)
         for xi, yi in zip(x, v):
-            ax.annotate(str(yi), (xi, yi), textcoords="offset points", xytext=(0, 4), ha="center", fontsize=7)
+            ax.annotate(
+                str(yi),
+                (xi, yi),
+                textcoords="offset points",
+                xytext=(0, 4),
+                ha="center",
+                fontsize=7,
+            )
         ax.set_xticks(x, spec.labels, rotation=30 if len(v) > 5 else 0)
         ax.set_ylim(0, max(v) * 1.2)
         ax.set_xlabel(spec.xlabel)
         ax.set_ylabel(spec.ylabel)
     elif spec.chart == "pie":
-        ax.pie(v, labels=[f"{lab} ({p}%)" for lab, p in zip(spec.labels, v)], startangle=90, counterclock=False,
-               radius=0.62, textprops={"fontsize": 7})  # small radius: room for the labels
+        # small radius: room for the labels
+        ax.pie(
+            v,
+            labels=[f"{lab} ({p}%)" for lab, p in zip(spec.labels, v)],
+            startangle=90,
+            counterclock=False,
+            radius=0.62,
+            textprops={"fontsize": 7},
+        )
         ax.set_aspect("equal")
     else:
         ax.scatter(spec.xs, v, color=spec.color, s=14)
@@ -226,10 +311,17 @@ def _plot(ax, spec: ChartSpec) -> None:
 def example(rng: np.random.Generator, record_id: str, image_size: int) -> records.Example:
     spec = make_spec(rng)
     # pies need width for their outside labels; the rest also come in portrait
-    aspects = (1.0, 4 / 3, 3 / 2, 16 / 9, 2.0) if spec.chart == "pie" else (1.0, 4 / 3, 3 / 2, 16 / 9, 3 / 4, 2.0)
+    aspects = (
+        (1.0, 4 / 3, 3 / 2, 16 / 9, 2.0)
+        if spec.chart == "pie"
+        else (1.0, 4 / 3, 3 / 2, 16 / 9, 3 / 4, 2.0)
+    )
     size = canvas.canvas_size(rng, image_size, aspects=aspects)
     qa = questions(spec, rng, legible=max(size) >= LEGIBLE_PX)
     msgs = []
     for i, (q, a) in enumerate(qa):
-        msgs += [records.Message("user", f"{records.IMAGE_TAG}\n{q}" if i == 0 else q), records.Message("assistant", a)]
+        msgs += [
+            records.Message("user", f"{records.IMAGE_TAG}\n{q}" if i == 0 else q),
+            records.Message("assistant", a),
+        ]
     return records.Example(record_id, "chart", tuple(msgs), (render(spec, size),))

@@ -4,6 +4,7 @@ The pictures are caption-kind scenes; each is followed by "Figure k: <its descri
 figures sit in web articles and papers. Record: one "text" message, the title, paragraphs and
 figures separated by blank lines, with IMAGE_TAG where each picture goes.
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -22,6 +23,10 @@ def example(rng: np.random.Generator, record_id: str, image_size: int) -> record
         parts.append(para)
         if i in slots:
             scene = captions.make_scene(rng)
-            images.append(canvas.png(captions.draw_scene(scene, canvas.canvas_size(rng, image_size))))
+            images.append(
+                canvas.png(captions.draw_scene(scene, canvas.canvas_size(rng, image_size)))
+            )
             parts.append(f"{records.IMAGE_TAG}\nFigure {len(images)}: {captions.describe(scene)}")
-    return records.Example(record_id, "interleaved", (records.Message("text", "\n\n".join(parts)),), tuple(images))
+    return records.Example(
+        record_id, "interleaved", (records.Message("text", "\n\n".join(parts)),), tuple(images)
+    )

@@ -4,6 +4,7 @@ Canvases range from wide strips (a line or two, like a cropped text line) to por
 and paper colours, font size and alignment vary. Only lines that fit are drawn, and the target
 lists those lines in order, joined by "\n". Record: one "text" message, IMAGE_TAG + text.
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -14,8 +15,14 @@ from dsvl_jax.data.corpus import canvas, words
 
 _ASPECTS = (4.0, 3.0, 2.0, 3 / 2, 1.0, 3 / 4)
 # (paper, ink): mostly dark on light, some light on dark
-_PALETTES = (((255, 255, 255), (0, 0, 0)), ((250, 246, 235), (40, 40, 60)), ((235, 240, 245), (20, 40, 90)),
-             ((255, 255, 220), (90, 30, 30)), ((30, 30, 30), (240, 240, 240)), ((20, 50, 90), (255, 255, 255)))
+_PALETTES = (
+    ((255, 255, 255), (0, 0, 0)),
+    ((250, 246, 235), (40, 40, 60)),
+    ((235, 240, 245), (20, 40, 90)),
+    ((255, 255, 220), (90, 30, 30)),
+    ((30, 30, 30), (240, 240, 240)),
+    ((20, 50, 90), (255, 255, 255)),
+)
 
 
 def render(rng: np.random.Generator, image_size: int) -> tuple[Image.Image, str]:
@@ -51,5 +58,9 @@ def render(rng: np.random.Generator, image_size: int) -> tuple[Image.Image, str]
 
 def example(rng: np.random.Generator, record_id: str, image_size: int) -> records.Example:
     im, text = render(rng, image_size)
-    return records.Example(record_id, "ocr", (records.Message("text", f"{records.IMAGE_TAG}{text}"),),
-                           (canvas.png(im),))
+    return records.Example(
+        record_id,
+        "ocr",
+        (records.Message("text", f"{records.IMAGE_TAG}{text}"),),
+        (canvas.png(im),),
+    )

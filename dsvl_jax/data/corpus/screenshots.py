@@ -9,6 +9,7 @@ Target (chosen over a QA conversation: it grounds every pixel of text): the visi
 order, one line per visual row; items sharing a row (nav links, buttons, table cells) are joined
 by " | ". Record: one "text" message, IMAGE_TAG + text.
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -19,8 +20,24 @@ from dsvl_jax.data.corpus import canvas, words
 
 _DESKTOP, _PHONE = (16 / 10, 4 / 3, 16 / 9), (9 / 16, 9 / 19.5, 2 / 3)
 _NAV_LINKS = ("Home", "About", "Blog", "Shop", "News", "Help", "Docs", "Contact", "Events")
-_BUTTONS = ("Sign up", "Log in", "Learn more", "Subscribe", "Buy now", "Get started", "Contact us", "Download")
-_THEMES = ((31, 119, 180), (44, 120, 60), (120, 50, 140), (200, 80, 20), (40, 40, 40), (170, 30, 60))
+_BUTTONS = (
+    "Sign up",
+    "Log in",
+    "Learn more",
+    "Subscribe",
+    "Buy now",
+    "Get started",
+    "Contact us",
+    "Download",
+)
+_THEMES = (
+    (31, 119, 180),
+    (44, 120, 60),
+    (120, 50, 140),
+    (200, 80, 20),
+    (40, 40, 40),
+    (170, 30, 60),
+)
 _LINK = (20, 60, 200)
 _GRAY = (110, 110, 110)
 _MONTHS = ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec")
@@ -61,7 +78,8 @@ def _nav(p: _Page, rng: np.random.Generator, site: str, theme) -> None:
     def width(labels: list[str]) -> float:
         return sum(f.getlength(s) for s in labels) + gap * max(0, len(labels) - 1)
 
-    if x_end + width(links) > p.w - p.pad:  # narrow page: a menu button instead of links, or nothing
+    # narrow page: a menu button instead of links, or nothing
+    if x_end + width(links) > p.w - p.pad:
         links = ["Menu"] if x_end + width(["Menu"]) <= p.w - p.pad else []
     x = p.w - p.pad - width(links)
     for s in links:
@@ -99,8 +117,12 @@ def _buttons(p: _Page, rng: np.random.Generator, theme) -> bool:
     x = p.pad
     for i, (s, bw) in enumerate(zip(labels, widths)):
         filled = i == 0
-        p.d.rounded_rectangle([x, p.y, x + bw, p.y + bh], radius=max(2, bh // 4),
-                              fill=theme if filled else (255, 255, 255), outline=theme)
+        p.d.rounded_rectangle(
+            [x, p.y, x + bw, p.y + bh],
+            radius=max(2, bh // 4),
+            fill=theme if filled else (255, 255, 255),
+            outline=theme,
+        )
         ty = p.y + (bh - (f.getbbox("Ag")[3] - f.getbbox("Ag")[1])) / 2 - f.getbbox("Ag")[1]
         p.text((x + p.fs, ty), s, f, (255, 255, 255) if filled else theme)
         x += bw + p.fs
@@ -113,10 +135,19 @@ def _table(p: _Page, rng: np.random.Generator, theme) -> bool:
     f = canvas.font(max(6, p.fs - 1))
     n_cols = int(rng.integers(2, 4))
     header = ["Name", "Count", "Price"]
-    rows = [[words.pick(rng, words.NOUNS).capitalize(), str(int(rng.integers(1, 500))), f"{rng.uniform(1, 99):.2f}"]
-            for _ in range(int(rng.integers(2, 5)))]
+    rows = [
+        [
+            words.pick(rng, words.NOUNS).capitalize(),
+            str(int(rng.integers(1, 500))),
+            f"{rng.uniform(1, 99):.2f}",
+        ]
+        for _ in range(int(rng.integers(2, 5)))
+    ]
+
     def too_wide(n: int) -> bool:
-        return any(f.getlength(c) > (p.w - 2 * p.pad) / n - 4 for r in [header, *rows] for c in r[:n])
+        return any(
+            f.getlength(c) > (p.w - 2 * p.pad) / n - 4 for r in [header, *rows] for c in r[:n]
+        )
 
     while n_cols > 1 and too_wide(n_cols):
         n_cols -= 1  # narrow page: drop columns until the cells fit
@@ -144,7 +175,12 @@ def _footer(p: _Page, text: str) -> str:
     text = canvas.clip(text, f, p.w - 2 * p.pad)
     fh = int(canvas.line_height(f) * 1.6)
     p.d.rectangle([0, p.h - fh, p.w, p.h], fill=(240, 240, 240))
-    p.d.text((p.pad, p.h - fh + (fh - canvas.line_height(f) / 1.35) / 2 - f.getbbox("Ag")[1]), text, font=f, fill=_GRAY)
+    p.d.text(
+        (p.pad, p.h - fh + (fh - canvas.line_height(f) / 1.35) / 2 - f.getbbox("Ag")[1]),
+        text,
+        font=f,
+        fill=_GRAY,
+    )
     p.bottom = p.h - fh
     return text
 
@@ -161,8 +197,10 @@ def render(rng: np.random.Generator, image_size: int) -> tuple[Image.Image, str]
     _nav(p, rng, site, theme)
     ok = _lines(p, words.title(rng), canvas.font(round(p.fs * 1.6)), (0, 0, 0), bold=True)
     if ok and rng.random() < 0.6:
-        meta = f"By {words.pick(rng, words.NAMES)} - {int(rng.integers(1, 29))} {words.pick(rng, _MONTHS)} " \
-               f"{int(rng.integers(2005, 2025))}"
+        meta = (
+            f"By {words.pick(rng, words.NAMES)} - {int(rng.integers(1, 29))} {words.pick(rng, _MONTHS)} "
+            f"{int(rng.integers(2005, 2025))}"
+        )
         ok = _lines(p, meta, canvas.font(max(6, p.fs - 1)), _GRAY)
     body = canvas.font(p.fs)
     while ok:
@@ -170,7 +208,13 @@ def render(rng: np.random.Generator, image_size: int) -> tuple[Image.Image, str]
         if block == "paragraph":
             ok = _lines(p, words.paragraph(rng, 1, 3), body, (30, 30, 30))
         elif block == "link":
-            ok = _lines(p, f"Read more about the {words.pick(rng, words.NOUNS)}", body, _LINK, underline=True)
+            ok = _lines(
+                p,
+                f"Read more about the {words.pick(rng, words.NOUNS)}",
+                body,
+                _LINK,
+                underline=True,
+            )
         elif block == "buttons":
             ok = _buttons(p, rng, theme)
         else:
@@ -182,5 +226,9 @@ def render(rng: np.random.Generator, image_size: int) -> tuple[Image.Image, str]
 
 def example(rng: np.random.Generator, record_id: str, image_size: int) -> records.Example:
     im, text = render(rng, image_size)
-    return records.Example(record_id, "screenshot", (records.Message("text", f"{records.IMAGE_TAG}{text}"),),
-                           (canvas.png(im),))
+    return records.Example(
+        record_id,
+        "screenshot",
+        (records.Message("text", f"{records.IMAGE_TAG}{text}"),),
+        (canvas.png(im),),
+    )

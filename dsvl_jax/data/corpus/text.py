@@ -3,6 +3,7 @@
 Keeps the language-only path (no images, no image tokens) in every mixture. Record: one "text"
 message with a title line and the body, blocks separated by blank lines.
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -22,7 +23,9 @@ def document(rng: np.random.Generator) -> str:
         parts.append(words.paragraph(rng, 1, 3))
     else:
         parts.append(words.sentence(rng))
-        parts.append("\n".join(f"{i + 1}. {words.sentence(rng)}" for i in range(int(rng.integers(3, 6)))))
+        parts.append(
+            "\n".join(f"{i + 1}. {words.sentence(rng)}" for i in range(int(rng.integers(3, 6))))
+        )
     return "\n\n".join(parts)
 
 
