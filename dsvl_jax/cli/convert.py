@@ -50,6 +50,7 @@ def main(argv: list[str]) -> None:
         raise app.UsageError(f"from-hf needs --hf DIR. {USAGE}")
     if argv[0] == "to-hf" and not FLAGS.checkpoint:
         raise app.UsageError(f"to-hf needs --checkpoint SRC. {USAGE}")
+    command.check_usage(paths=("hf", "checkpoint"))
     command.setup_logging()
     from dsvl_jax.checkpoints import from_hf, to_hf
 
