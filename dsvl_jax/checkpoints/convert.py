@@ -8,7 +8,6 @@ from_hf: config.json + safetensors -> model_config.json + params/, and the folde
 
 from __future__ import annotations
 
-import dataclasses
 import os
 import shutil
 import time
@@ -17,7 +16,7 @@ from dsvl_jax.checkpoints.params import save_params
 from dsvl_jax.checkpoints.sources import load_model, open_model
 from dsvl_jax.errors import ConfigError
 from dsvl_jax.interop.hf_export import save_hf
-from dsvl_jax.interop.hf_import import import_folder, read_config
+from dsvl_jax.interop.hf_import import load_hf
 from dsvl_jax.model.params import count_params
 
 HF_TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json")
@@ -27,9 +26,7 @@ AUTO, NONE = "auto", "none"  # to_hf's tokenizer: the one stored with the model 
 def from_hf(hf_dir: str, out: str, scan_layers: bool = True) -> dict:
     """HF folder -> params checkpoint at `out`. -> a report dict (printed by the command)."""
     t0 = time.time()
-    cfg = read_config(hf_dir)
-    cfg = dataclasses.replace(cfg, scan_layers=scan_layers)
-    params = import_folder(hf_dir, cfg)
+    cfg, params = load_hf(hf_dir, scan_layers=scan_layers)
     save_params(out, cfg, params)
     copied = []
     if os.path.isfile(os.path.join(hf_dir, "tokenizer.json")):

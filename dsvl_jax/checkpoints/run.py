@@ -98,9 +98,6 @@ class RunCheckpoints:
         out = self.mngr.restore(step, args=ocp.args.Composite(**items))
         return out["state"], dict(out["meta"])
 
-    def step_dir(self, step: int) -> str:
-        return os.path.join(self.directory, str(step))
-
     def wait(self) -> None:
         self.mngr.wait_until_finished()
 
@@ -115,6 +112,15 @@ def step_of(path: str) -> int | None:
     """The step of a step-checkpoint folder (`.../checkpoints/<step>` holding a state item), else None."""
     name = os.path.basename(os.path.normpath(path))
     return int(name) if name.isdigit() and os.path.isdir(os.path.join(path, STATE_ITEM)) else None
+
+
+def saved_steps(directory: str) -> list[int]:
+    """The complete steps (holding a state item) under a run's checkpoints/ folder, ascending; read
+    from the folder names, without an orbax manager (which would create the folder)."""
+    if not os.path.isdir(directory):
+        return []
+    found = (step_of(os.path.join(directory, name)) for name in os.listdir(directory))
+    return sorted(s for s in found if s is not None)
 
 
 def load_step_params(path: str, cfg: ModelConfig, shardings=None) -> Params:

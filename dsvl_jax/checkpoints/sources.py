@@ -76,25 +76,23 @@ def open_model(path: str | os.PathLike) -> ModelSource:
     if P.is_params_checkpoint(path):
         return ModelSource("params", path, P.read_model_config(path), find_tokenizer(path))
     if R.step_of(path) is not None:
-        run = os.path.dirname(os.path.dirname(path))
-        return ModelSource("step", path, _run_model_config(run), _run_tokenizer(run))
+        conf = _run_config(os.path.dirname(os.path.dirname(path)))
+        return ModelSource("step", path, _model_config(conf), _tokenizer(conf))
     if is_run_dir(path):
+        conf = _run_config(path)
         final = os.path.join(path, FINAL_DIR)
         if P.is_params_checkpoint(final):
             src = open_model(final)
             return dataclasses.replace(
-                src, kind="run", layout="params", tokenizer=src.tokenizer or _run_tokenizer(path)
+                src, kind="run", layout="params", tokenizer=src.tokenizer or _tokenizer(conf)
             )
-        steps = sorted(int(s) for s in os.listdir(os.path.join(path, STEPS_DIR)) if s.isdigit())
-        complete = [
-            s for s in steps if R.step_of(os.path.join(path, STEPS_DIR, str(s))) is not None
-        ]
-        if not complete:
+        steps = R.saved_steps(os.path.join(path, STEPS_DIR))
+        if not steps:
             raise CheckpointError(
                 f"{path}: a run folder with neither {FINAL_DIR}/ nor a saved step yet"
             )
-        step_dir = os.path.join(path, STEPS_DIR, str(complete[-1]))
-        return ModelSource("run", step_dir, _run_model_config(path), _run_tokenizer(path), "step")
+        step_dir = os.path.join(path, STEPS_DIR, str(steps[-1]))
+        return ModelSource("run", step_dir, _model_config(conf), _tokenizer(conf), "step")
     if os.path.isfile(os.path.join(path, "config.json")):
         with open(os.path.join(path, "config.json")) as f:
             conf = json.load(f)
@@ -120,18 +118,20 @@ def load_model(path: str | os.PathLike, **overrides) -> tuple[ModelConfig, Param
 
 
 def _run_config(run: str) -> dict:
-    with open(os.path.join(run, RUN_CONFIG)) as f:
-        return json.load(f)
+    """A run's config.json, with the file it came from (for error messages) under "__file__"."""
+    path = os.path.join(run, RUN_CONFIG)
+    with open(path) as f:
+        return {**json.load(f), "__file__": path}
 
 
-def _run_model_config(run: str) -> ModelConfig:
-    model = _run_config(run).get("model")
+def _model_config(conf: dict) -> ModelConfig:
+    model = conf.get("model")
     if not isinstance(model, dict):
-        raise CheckpointError(f"{os.path.join(run, RUN_CONFIG)}: no model section")
+        raise CheckpointError(f"{conf['__file__']}: no model section")
     return model_config_from_dict(model)
 
 
-def _run_tokenizer(run: str) -> str | None:
+def _tokenizer(conf: dict) -> str | None:
     """The tokenizer a run trained with (data.tokenizer), if it is still where the config says."""
-    tok = (_run_config(run).get("data") or {}).get("tokenizer") or ""
+    tok = (conf.get("data") or {}).get("tokenizer") or ""
     return tok if tok and os.path.exists(tok) else None

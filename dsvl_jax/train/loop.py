@@ -25,6 +25,7 @@ from typing import Any
 import jax
 
 from dsvl_jax.checkpoints import FINAL_DIR, ModelSource, RunCheckpoints, open_model, save_params
+from dsvl_jax.checkpoints.run import saved_steps
 from dsvl_jax.checkpoints.sources import RUN_CONFIG, STEPS_DIR
 from dsvl_jax.data import pipeline
 from dsvl_jax.errors import CheckpointError, ConfigError, Preempted
@@ -191,7 +192,7 @@ def _tracker(cfg, mcfg, workdir: str, main: bool, start: int, skipped: int) -> S
 def _init_source(cfg, workdir: str) -> ModelSource | None:
     """The model folder init_from names, opened before anything compiles (a fresh run only: a run with
     checkpoints resumes from them and never reads init_from)."""
-    if not cfg.init_from or os.path.isdir(os.path.join(workdir, STEPS_DIR)):
+    if not cfg.init_from or saved_steps(os.path.join(workdir, STEPS_DIR)):
         return None
     try:
         return open_model(cfg.init_from)

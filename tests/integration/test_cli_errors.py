@@ -128,6 +128,9 @@ def test_runtime_failures_exit_1_with_one_line(tmp_path):
     # train: an init_from that is not a model, data that was never prepared: config errors, before any compile
     p = _run("train", STAGE1, f"--workdir={tmp_path / 'w'}", f"--config.init_from={empty}")
     _one_error_line(p, "train", 2, f"init_from={empty}", "not a model folder")
+    (tmp_path / "w" / "checkpoints").mkdir(parents=True)  # a run that died before its first save
+    p = _run("train", STAGE1, f"--workdir={tmp_path / 'w'}", f"--config.init_from={empty}")
+    _one_error_line(p, "train", 2, f"init_from={empty}", "not a model folder")
     p = _run("train", STAGE1, f"--workdir={tmp_path / 'w'}", "--config.data_root=does/not/exist")
     _one_error_line(p, "train", 2, "does/not/exist", "data generate")
     p = _run("launch_local", "--procs=1", "--devices_per_proc=1", "--", "plot", "does/not/exist")
