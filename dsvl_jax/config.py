@@ -9,7 +9,9 @@ fields; single fields are overridden on the command line with `--config.train.lr
 from __future__ import annotations
 
 import importlib.util
+import math
 import os
+from collections.abc import Mapping
 
 import ml_collections
 
@@ -122,26 +124,50 @@ def base_config(size: str = "tiny") -> ml_collections.ConfigDict:
     return c
 
 
+# Source name -> the embedded corpus kind (data/records.py KINDS) that stands in for it by default.
+# Names not listed read the kind of their own name (caption, chart, interleaved, ocr, text, ...).
+STAND_IN_KINDS = {
+    "web_code": "screenshot",  # page -> visible text; the paper's is UI -> HTML and plot -> code
+    "scene_ocr": "ocr",  # text lines -> transcription
+    "doc_ocr": "pdf",  # page -> its text layer
+    "general": "caption",  # general multimodal SFT
+    "in_house": "interleaved",
+    "sft": "chart",  # the embedded corpus's SFT conversations are its chart questions
+}
+
+
 def set_sources(
     section: ml_collections.ConfigDict,
     c: ml_collections.ConfigDict,
-    mix: dict[str, float],
+    mix: Mapping[str, float],
     folder: str = "",
+    kinds: Mapping[str, str] | None = None,
 ) -> None:
-    """section.sources[kind] = {path: <data_root>[/folder]/dsvl_<kind>, weight}: the layout `python -m
-    dsvl_jax.data generate` writes. Paths follow --config.data_root; override one with
-    --config.data.sources.<kind>.path=DIR (e.g. a `prepare` output)."""
+    """section.sources[name] = {path, weight, group, kind} for each `name: weight` of `mix`.
+
+    kind: the corpus kind the source reads by default: `kinds[name]`, else STAND_IN_KINDS[name], else
+    the name itself. path: <data_root>[/folder]/dsvl_<kind>, the layout `python -m dsvl_jax.data
+    generate` writes; paths follow --config.data_root, and a real run points
+    --config.data.sources.<name>.path=DIR at its prepared corpus. group: "text" for the source named
+    text, else "multimodal" (data.text_ratio splits samples between the groups)."""
     root = c.get_ref("data_root") + (f"/{folder}" if folder else "")
+    kinds = {**STAND_IN_KINDS, **(kinds or {})}
     section.sources = ml_collections.ConfigDict(
         {
-            k: {
-                "path": root + f"/dsvl_{k}",
+            name: {
+                "path": root + f"/dsvl_{kinds.get(name, name)}",
                 "weight": float(w),
-                "group": "text" if k == "text" else "multimodal",
+                "group": "text" if name == "text" else "multimodal",
+                "kind": kinds.get(name, name),
             }
-            for k, w in mix.items()
+            for name, w in mix.items()
         }
     )
+
+
+def text_share(mix: Mapping[str, float]) -> float:
+    """The language share of samples a mix states: mix["text"] / the sum of its weights."""
+    return mix.get("text", 0.0) / math.fsum(mix.values())
 
 
 def embedded_tokenizer(c: ml_collections.ConfigDict) -> None:

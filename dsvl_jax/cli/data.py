@@ -6,6 +6,8 @@ prepare --format F --input PATH --out DIR: your data -> ArrayRecord shards (a tf
 generate --out DIR [--kinds K1,K2] [--n N] [--tokenizer_vocab V]: the embedded synthetic corpus,
   one dataset per kind under DIR/dsvl_<kind>/, plus a SentencePiece tokenizer trained on it.
 inspect DIR [--out sheet.png]: a PNG contact sheet of samples from the datasets under DIR.
+--holdout F (prepare, generate): also write a held-out split, F of the records, under OUT/heldout/,
+  where the real-size experiment configs look for their evaluation data.
 """
 
 from __future__ import annotations
@@ -70,6 +72,12 @@ def define_flags() -> None:
         "generate: also train a SentencePiece tokenizer of this size on "
         "the corpus text -> OUT/tokenizer.model (0 = no).",
     )
+    flags.DEFINE_float(
+        "holdout",
+        0.0,
+        "prepare/generate: also write this share of records to OUT/heldout/ (the held-out split "
+        "the real-size configs evaluate on; prepare draws it by record id, generate draws new ones).",
+    )
     flags.DEFINE_bool("progress", True, "Show progress bars (stderr).")
 
 
@@ -97,13 +105,20 @@ def prepare() -> None:
             progress=FLAGS.progress,
             counter=counter,
             report_path=FLAGS.report,
+            holdout=FLAGS.holdout,
         )
     except importers.SkipRateExceeded as e:
         where = f" Report: {FLAGS.report}" if FLAGS.report else ""
         raise importers.SkipRateExceeded(f"{e}{where}") from e
     print(
         f"prepared {FLAGS.format} {FLAGS.input}: {counter.summary()} -> {res.dataset_dir} "
-        f"({res.report['seconds']} s)" + (f"; report {FLAGS.report}" if FLAGS.report else "")
+        + (
+            f"(held out: {res.report['heldout_records']} -> {res.report['heldout_dir']}) "
+            if FLAGS.holdout
+            else ""
+        )
+        + f"({res.report['seconds']} s)"
+        + (f"; report {FLAGS.report}" if FLAGS.report else "")
     )
 
 
@@ -121,6 +136,7 @@ def generate() -> None:
         image_size=FLAGS.image_size,
         overwrite=FLAGS.overwrite,
         progress=FLAGS.progress,
+        holdout=FLAGS.holdout,
     )
     print(
         f"generated {len(dirs)} corpora x {n} records (seed {FLAGS.seed}, {FLAGS.image_size} px) in {FLAGS.out}: "

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import hashlib
 import json
 import logging
 import os
@@ -204,8 +205,22 @@ def generate_corpus(
     image_size: int = 256,
     overwrite: bool = False,
     progress: bool = False,
+    holdout: float = 0.0,
 ) -> dict[str, str]:
-    """Write the embedded corpus, one dataset per kind; returns {kind: dataset dir}."""
+    """Write the embedded corpus, one dataset per kind; returns {kind: dataset dir}. `holdout` > 0 also
+    writes round(n * holdout) (at least 1) other records of each kind (seed + 1) under data_dir/heldout."""
+    if not 0.0 <= holdout < 1.0:
+        raise ConfigError(f"holdout={holdout}: a share in [0, 1)")
+    if holdout:
+        generate_corpus(
+            kinds,
+            os.path.join(data_dir, HELDOUT_DIR),
+            n=max(1, round(n * holdout)),
+            seed=seed + 1,
+            image_size=image_size,
+            overwrite=overwrite,
+            progress=progress,
+        )
     bad = [k for k in kinds if k not in CORPUS_BUILDERS]
     if bad:
         raise ConfigError(f"unknown corpus kinds {bad}; one of {records.KINDS}")
@@ -243,9 +258,13 @@ class DsvlImported(ShardBuilder):
         input_path: str | None = None,
         counter: SkipCounter | None = None,
         import_kwargs: dict | None = None,
+        holdout: float = 0.0,
+        heldout: bool = False,
         **kwargs,
     ):
         self.fmt, self.input_path, self.import_kwargs = fmt, input_path, dict(import_kwargs or {})
+        # holdout > 0: keep only the records `is_heldout` puts on this side (heldout or not)
+        self.holdout, self.heldout = holdout, heldout
         self.counter = counter or SkipCounter(str(input_path))
         super().__init__(**kwargs)
 
@@ -257,10 +276,21 @@ class DsvlImported(ShardBuilder):
             raise ValueError(
                 "DsvlImported needs fmt= and input_path= to prepare (reading needs neither)"
             )
-        yield from import_examples(self.fmt, self.input_path, self.counter, **self.import_kwargs)
+        for ex in import_examples(self.fmt, self.input_path, self.counter, **self.import_kwargs):
+            if not self.holdout or is_heldout(ex.id, self.holdout) == self.heldout:
+                yield ex
         rep = self.counter.report()
         rep["skipped_ids"] = rep["skipped_ids"][:MAX_REPORT_IDS_IN_METADATA]
         self.info.metadata.update({"format": self.fmt, "import_report": rep})
+
+
+HELDOUT_DIR = "heldout"  # <out>/heldout/<dataset>: the held-out split `--holdout` writes
+
+
+def is_heldout(record_id: str, share: float) -> bool:
+    """A stable, id-based draw: the same record falls on the same side on every machine and rerun."""
+    h = int.from_bytes(hashlib.sha256(record_id.encode("utf-8")).digest()[:8], "big")
+    return h / 2**64 < share
 
 
 class DatasetExists(FileExistsError, ConfigError):
@@ -288,8 +318,12 @@ def prepare(
     progress: bool = False,
     counter: SkipCounter | None = None,
     report_path: str | None = None,
+    holdout: float = 0.0,
 ) -> PrepareResult:
     """Import `input_path` (format `fmt`) into ArrayRecord shards under `data_dir`.
+
+    `holdout` > 0 sends that share of the records (drawn by id, `is_heldout`) to
+    `data_dir/heldout/` instead, the split real-size configs evaluate on (the input is read twice).
 
     Refuses to reuse an existing dataset unless `overwrite` (an import's input is not part of its
     name). Raises `importers.SkipRateExceeded` when too many records are bad; then nothing is kept
@@ -300,14 +334,18 @@ def prepare(
     counter.max_skip_rate = max_skip_rate
     if min_seen is not None:
         counter.min_seen = min_seen
+    if not 0.0 <= holdout < 1.0:
+        raise ConfigError(f"holdout={holdout}: a share in [0, 1)")
     t0 = time.time()
+    kw = dict(images=images, max_pixels=max_pixels, kind=kind, dpi=dpi)
     b = DsvlImported(
         data_dir=data_dir,
         fmt=fmt,
         input_path=input_path,
         counter=counter,
         progress=progress,
-        import_kwargs=dict(images=images, max_pixels=max_pixels, kind=kind, dpi=dpi),
+        import_kwargs=kw,
+        holdout=holdout,
     )
     if os.path.exists(b.data_dir) and not overwrite:
         raise DatasetExists(
@@ -320,12 +358,21 @@ def prepare(
         if report_path:
             _write_json(report_path, {"format": fmt, **counter.report(), "error": str(e)})
         raise
-    report = {
-        "format": fmt,
-        "dataset_dir": d,
-        **counter.report(),
-        "seconds": round(time.time() - t0, 2),
-    }
+    report = {"format": fmt, "dataset_dir": d, **counter.report()}
+    if holdout:
+        held = DsvlImported(
+            data_dir=os.path.join(data_dir, HELDOUT_DIR),
+            fmt=fmt,
+            input_path=input_path,
+            counter=SkipCounter(input_path, 1.0),  # the skips were counted by the first pass
+            progress=progress,
+            import_kwargs=kw,
+            holdout=holdout,
+            heldout=True,
+        )
+        report["heldout_dir"] = held.build(overwrite=overwrite)
+        report["heldout_records"] = len(shards.open_source(report["heldout_dir"]))
+    report["seconds"] = round(time.time() - t0, 2)
     if report_path:
         _write_json(report_path, report)
     return PrepareResult(d, report)

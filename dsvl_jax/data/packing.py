@@ -3,7 +3,8 @@
 A row holds `seq_len` positions and `image_slots` images. A sample of n tokens takes n-1
 positions (inputs ids[:-1], targets ids[1:]). Segment ids count samples within a row from 1
 (0 = padding), positions restart at 0 for every sample, so attention (which only joins equal,
-non-zero segments) and RoPE never cross a document. The k-th image of a row belongs to the k-th
+non-zero segments) and RoPE never cross a document. `source_ids` (source index + 1, 0 = padding)
+lets the step report the loss per source and per modality. The k-th image of a row belongs to the k-th
 run of image tokens in that row, which is how the model splices image embeddings.
 """
 
@@ -24,6 +25,8 @@ class Sample:
     target_mask: np.ndarray  # [n] uint8
     pixels: np.ndarray | None  # [m, S, S, 3] uint8 (None or m = 0: text-only)
     high_pixels: np.ndarray | None = None  # [m, H, H, 3] uint8 (hybrid models)
+    # where a conversation may be cut between turns (data/splitting.py); None: pretraining text
+    breaks: np.ndarray | None = None
 
     @property
     def num_images(self) -> int:
@@ -62,9 +65,6 @@ class RowPacker:
     def empty(self) -> bool:
         return not any(self.placed)
 
-    def can_ever_fit(self, s: Sample) -> bool:
-        return s.length <= self.seq_len and s.num_images <= self.image_slots
-
     def add(self, s: Sample) -> bool:
         """Place `s` in the first row with room for its tokens and images; False if none has."""
         for r in range(self.rows):
@@ -88,6 +88,8 @@ class RowPacker:
             positions=np.zeros((b, t), np.int32),
             segments=np.zeros((b, t), np.int32),
             loss_mask=np.zeros((b, t), np.float32),
+            # the source of every position (its index + 1; 0 = padding): loss per source and modality
+            source_ids=np.zeros((b, t), np.int32),
         )
         if with_images:
             i, s = self.image_slots, self.low_size
@@ -103,6 +105,7 @@ class RowPacker:
                 out["targets"][r, sl] = smp.ids[1:]
                 out["loss_mask"][r, sl] = smp.target_mask[1:]
                 out["segments"][r, sl] = seg
+                out["source_ids"][r, sl] = smp.source + 1
                 out["positions"][r, sl] = np.arange(n, dtype=np.int32)
                 pos += n
                 m = smp.num_images

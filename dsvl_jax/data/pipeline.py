@@ -4,12 +4,16 @@
 source k (ArrayRecord, random access) ─[host::hosts]─ shuffle(seed+k, reshuffled per epoch) ─ repeat
    ─ map(ToSample: decode both views, template + tokenize; bad record -> Skipped) ─ threads/prefetch
 all sources ─ PackedBatches: Mixer picks the source of every sample (language ratio + warm-up by
-   step), RowPacker packs first-fit into [rows, seq_len] with image slots, Skipped are counted
-   per source (a cap on the skip rate raises) ─ numpy batch per host
+   step), a sample too big for a row is cut into consecutive row-sized pieces (data/splitting.py:
+   long text -> windows, many images -> at image boundaries, conversations -> between turns),
+   RowPacker packs first-fit into [rows, seq_len] with image slots, Skipped records and what could
+   not be placed are counted per source with their ids (a cap on the skip rate raises) ─ numpy
+   batch per host
 ```
 The iterator is a grain `DatasetIterator`: `get_state()` is a small JSON dict (step, mixer
-credits, per-source counters and reader positions), so `grain.checkpoint.CheckpointSave`
-saves it with the model and a restored run continues with exactly the same batches.
+credits, per-source counters, reader positions and how many pieces of a cut sample were used), so
+`grain.checkpoint.CheckpointSave` saves it with the model and a restored run continues with
+exactly the same batches.
 Each host reads only rows `host::hosts` of every source (disjoint, together the whole source).
 """
 
@@ -28,15 +32,25 @@ from dsvl_jax.data import preprocess, records, template, tokenizer
 from dsvl_jax.data.mixture import GROUPS, MULTIMODAL, TEXT, Mixer, RatioSchedule
 from dsvl_jax.data.packing import RowPacker, Sample
 from dsvl_jax.data.shards import open_source
+from dsvl_jax.data.splitting import split_sample
 from dsvl_jax.errors import Error
 from dsvl_jax.model.config import model_config_from_dict
 
 log = logging.getLogger(__name__)
 MAX_LOGGED_IDS = 100  # per source, kept in the iterator state (all skips are logged and counted)
+MAX_SOURCES = 16  # = train/step.py MAX_SOURCES: the step reports the loss of each source
 
 
 class DataError(Error, RuntimeError):
     """The data cannot feed training as configured (skip-rate cap, empty source, bad config)."""
+
+
+class SkipRateError(DataError):
+    """A source skipped more than data.max_skip_rate of its records; `stats` holds every source's counters."""
+
+    def __init__(self, stats: dict, message: str):
+        super().__init__(message)
+        self.stats = stats
 
 
 @dataclasses.dataclass
@@ -100,7 +114,13 @@ class ToSample:
         pixels = np.stack([v["pixels"] for v in views]) if views else None
         high = np.stack([v["high_pixels"] for v in views]) if views and spec.high_size else None
         return Sample(
-            ex.id, self.source, r.ids.astype(np.int32), r.loss_mask.astype(np.uint8), pixels, high
+            ex.id,
+            self.source,
+            r.ids.astype(np.int32),
+            r.loss_mask.astype(np.uint8),
+            pixels,
+            high,
+            r.breaks,
         )
 
 
@@ -109,36 +129,6 @@ def check_tokenizer(tok, model_cfg) -> None:
         raise DataError(
             why + " (set --config.model.image_token_id / model.llm.vocab_size to match)"
         )
-
-
-def fit_to_row(
-    s: Sample, seq_len: int, image_slots: int, image_token_id: int, num_image_tokens: int
-) -> tuple[Sample | None, str]:
-    """Fit a sample to one row: cut what is past `seq_len` positions ('truncated'), never inside an image
-    block — the cut moves to the start of that block and the images from there on are dropped. A sample
-    with more images than slots, or with no supervised target left, -> (None, why)."""
-    if s.num_images > image_slots:
-        return None, f"{s.num_images} images > {image_slots} image slots per row"
-    if s.length <= seq_len:
-        return s, ""
-    keep = seq_len + 1
-    is_img = s.ids == image_token_id
-    # complete image blocks inside the cut
-    whole, partial = divmod(int(is_img[:keep].sum()), num_image_tokens)
-    if partial:
-        # start of the block that would be split
-        keep = int(np.flatnonzero(is_img)[whole * num_image_tokens])
-    if keep < 2 or not s.target_mask[1:keep].any():
-        return None, f"{s.length + 1} tokens: nothing supervised fits in {seq_len} positions"
-    px = None if s.pixels is None else s.pixels[:whole]
-    hp = None if s.high_pixels is None else s.high_pixels[:whole]
-    return dataclasses.replace(
-        s,
-        ids=s.ids[:keep],
-        target_mask=s.target_mask[:keep],
-        pixels=px if whole else None,
-        high_pixels=hp if whole else None,
-    ), "truncated"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -245,72 +235,83 @@ class PackedBatchIterator(grain.DatasetIterator):
         self.step = 0
         self.stride = step_stride  # with W worker processes each emits every W-th batch: global step ~ step * W
         self.counts = {n: _new_counts() for n in self.names}
-        # group key ("all" when batches mix modalities) -> (sample, source, reader state before it)
-        self.pending: dict[str, tuple[Sample | None, int, Any]] = {}
+        # per source: pieces of the sample last read that are still to be handed out (a sample too
+        # big for a row is cut into several, data/splitting.py), with the reader state before that
+        # sample and the index of the next piece
+        self.queued: list[_Queue | None] = [None] * len(specs)
+        # per source: after a restore, how many pieces of the next sample were already handed out
+        self.resume: list[int | None] = [None] * len(specs)
+        # group key ("all" when batches mix modalities) -> (piece, source, its position)
+        self.pending: dict[str, tuple[Sample | None, int, tuple | None]] = {}
 
     # -- drawing ---------------------------------------------------------------------------
-    def _next_from(self, k: int) -> tuple[Sample, Any]:
-        """Next usable sample of source k (skips counted) and the reader state just before it."""
+    def _next_from(self, k: int) -> tuple[Sample, tuple]:
+        """Next row-sized piece of source k and its position (reader state before its sample, index)."""
+        q = self.queued[k]
+        while q is None or q.next >= len(q.pieces):
+            q = self.queued[k] = self._read(k)
+        q.next += 1
+        return q.pieces[q.next - 1], (q.before, q.next - 1)
+
+    def _read(self, k: int) -> _Queue:
+        """Read source k's next usable sample and cut it into pieces (skips and losses counted)."""
         it, c, name = self._parents[k], self.counts[self.names[k]], self.names[k]
+        if self.resume[k] is not None:  # restored: re-read the sample whose pieces were in flight
+            before, skip = it.get_state(), self.resume[k]
+            self.resume[k] = None
+            return _Queue(self._split(next(it)).pieces, before, skip)
         while True:
             before = it.get_state()
             item = next(it)
             c["seen"] += 1
             if isinstance(item, Skipped):
-                c["skipped"][item.reason] = c["skipped"].get(item.reason, 0) + 1
-                if len(c["skipped_ids"]) < MAX_LOGGED_IDS:
-                    c["skipped_ids"].append([item.id, item.reason])
-                log.warning(
-                    "source %s: skipped record %s (%s) %s", name, item.id, item.reason, item.detail
-                )
-                self._check_skip_rate(name, c)
+                self._lost(name, c, item.id, item.reason, item.detail)
                 continue
-            s, why = self._fit(item)
-            if s is None:
-                c["skipped"]["too_long"] = c["skipped"].get("too_long", 0) + 1
-                if len(c["skipped_ids"]) < MAX_LOGGED_IDS:
-                    c["skipped_ids"].append([item.id, "too_long"])
-                log.warning("source %s: skipped record %s (too_long) %s", name, item.id, why)
-                self._check_skip_rate(name, c)
+            sp = self._split(item)
+            if sp.lost_reason:
+                self._lost(name, c, item.id, sp.lost_reason, sp.lost_detail)
+            if not sp.pieces:
                 continue
-            if why:
-                c["truncated"] += 1
             c["used"] += 1
-            c["tokens"] += s.length
-            return s, before
+            c["tokens"] += sum(p.length for p in sp.pieces)
+            if sp.cut:
+                text = item.num_images == 0 and item.breaks is None
+                c["chunked" if text else "split"] += 1
+                c["chunks" if text else "split_pieces"] += len(sp.pieces)
+            return _Queue(sp.pieces, before, 0)
+
+    def _lost(self, name: str, c: dict, rid: str, reason: str, detail: str) -> None:
+        c["skipped"][reason] = c["skipped"].get(reason, 0) + 1
+        if len(c["skipped_ids"]) < MAX_LOGGED_IDS:
+            c["skipped_ids"].append([rid, reason])
+        log.warning("source %s: skipped record %s (%s) %s", name, rid, reason, detail)
+        self._check_skip_rate(name, c)
 
     def _check_skip_rate(self, name: str, c: dict) -> None:
         skipped = sum(c["skipped"].values())
         if c["seen"] >= self.min_seen and skipped / c["seen"] > self.max_skip_rate:
-            raise DataError(
+            raise SkipRateError(
+                self.stats(),
                 f"source {name!r}: {skipped} of {c['seen']} records skipped "
                 f"({skipped / c['seen']:.1%}) > data.max_skip_rate={self.max_skip_rate:.1%}: "
-                f"{dict(c['skipped'])}"
+                f"{dict(c['skipped'])}",
             )
 
-    def _draw(self, key: str, group: str | None) -> tuple[Sample, int, Any]:
+    def _draw(self, key: str, group: str | None) -> tuple[Sample, int, tuple]:
         held = self.pending.pop(key, None)
-        if held is not None:
-            s, k, before = held
-            if s is None:  # restored from a checkpoint: the reader is positioned at the held sample
-                s, before = self._next_from_restored(k)
-            return s, k, before
-        k = (
-            self.mixer.choose(self.step * self.stride)
-            if group is None
-            else self.mixer.choose_source(group)
-        )
-        s, before = self._next_from(k)
-        return s, k, before
+        if held is not None and held[0] is not None:
+            return held
+        if held is not None:  # restored: the held piece is the next one of its source
+            k = held[1]
+        elif group is None:
+            k = self.mixer.choose(self.step * self.stride)
+        else:
+            k = self.mixer.choose_source(group)
+        s, pos = self._next_from(k)
+        return s, k, pos
 
-    def _next_from_restored(self, k: int):
-        before = self._parents[k].get_state()
-        item = next(self._parents[k])
-        s, _ = self._fit(item)
-        return s, before
-
-    def _fit(self, s: Sample):
-        return fit_to_row(
+    def _split(self, s: Sample):
+        return split_sample(
             s,
             self.packer.seq_len,
             self.packer.image_slots,
@@ -333,17 +334,25 @@ class PackedBatchIterator(grain.DatasetIterator):
 
     # -- state -----------------------------------------------------------------------------
     def get_state(self) -> dict:
+        """Each reader is saved before the sample whose pieces are not all consumed yet (a pending
+        piece, or pieces still queued), with the number of its pieces already handed out."""
         readers = [p.get_state() for p in self._parents]
-        for _, k, before in self.pending.values():
-            # None: restored and not yet re-read, the reader already sits there
-            if before is not None:
-                readers[k] = before
+        skip = [0] * len(self._parents)
+        for k, q in enumerate(self.queued):
+            if q is not None and q.next < len(q.pieces):
+                readers[k], skip[k] = q.before, q.next
+            elif self.resume[k] is not None:  # restored, not re-read yet: the reader sits there
+                skip[k] = self.resume[k]
+        for _, k, pos in self.pending.values():
+            if pos is not None:  # the pending piece comes before anything still queued
+                readers[k], skip[k] = pos
         return {
             "step": self.step,
             "mixer": self.mixer.get_state(),
             "counts": self.stats(),
             "pending": {key: k for key, (_, k, _) in self.pending.items()},
             "readers": readers,
+            "pieces_done": skip,
         }
 
     def set_state(self, state: dict) -> None:
@@ -353,9 +362,16 @@ class PackedBatchIterator(grain.DatasetIterator):
         self.mixer.set_state(state["mixer"])
         self.counts = {n: _restore_counts(state["counts"][n]) for n in self.names}
         self.pending = {key: (None, int(k), None) for key, k in state["pending"].items()}
+        done = state.get("pieces_done", [0] * len(self._parents))
+        self.queued = [None] * len(self._parents)
+        self.resume = [
+            int(done[k]) if (done[k] or k in {int(v) for v in state["pending"].values()}) else None
+            for k in range(len(self._parents))
+        ]
 
     def stats(self) -> dict:
-        """Per-source counters (seen, used, skipped by reason, truncated, tokens) for logging."""
+        """Per-source counters for logging: records seen and used, skipped by reason (with ids), samples
+        split at image/turn boundaries, text samples chunked, the pieces those became, tokens."""
         # a copy
         return {
             n: {
@@ -367,28 +383,43 @@ class PackedBatchIterator(grain.DatasetIterator):
         }
 
 
+@dataclasses.dataclass
+class _Queue:
+    pieces: list[Sample]
+    before: Any  # reader state before the sample the pieces come from
+    next: int  # index of the next piece to hand out
+
+
+# records seen and used; samples split at image/turn boundaries and the pieces they became; text
+# samples chunked into windows and the windows; tokens (positions) handed to the packer
+COUNTS = ("seen", "used", "split", "split_pieces", "chunked", "chunks", "tokens")
+
+
 def _new_counts() -> dict:
-    return {"seen": 0, "used": 0, "truncated": 0, "tokens": 0, "skipped": {}, "skipped_ids": []}
+    return {**dict.fromkeys(COUNTS, 0), "skipped": {}, "skipped_ids": []}
 
 
 def _restore_counts(c: Mapping) -> dict:
     return {
-        "seen": int(c["seen"]),
-        "used": int(c["used"]),
-        "truncated": int(c["truncated"]),
-        "tokens": int(c["tokens"]),
+        **{k: int(c.get(k, 0)) for k in COUNTS},
         "skipped": dict(c["skipped"]),
         "skipped_ids": [list(x) for x in c.get("skipped_ids", [])],
     }
 
 
 def build(
-    cfg, *, host: int = 0, hosts: int = 1, sources: Sequence[SourceSpec] | None = None
+    cfg,
+    *,
+    host: int = 0,
+    hosts: int = 1,
+    sources: Sequence[SourceSpec] | None = None,
+    settled: bool = False,
 ) -> PackedBatches:
     """The run's input pipeline from a full config (model / train / data sections) for one host.
 
     `sources` replaces `cfg.data.sources` (tests pass in-memory lists of Examples).
-    Host batches have `train.batch_size / hosts` rows.
+    Host batches have `train.batch_size / hosts` rows. `settled` (held-out evaluation): the mix
+    after the modality warm-up from the first batch, and every batch mixing both modalities.
     """
     mcfg = model_config_from_dict(cfg.model)
     d, t = cfg.data, cfg.train
@@ -398,6 +429,10 @@ def build(
         sources = open_configured_sources(d)
     if not sources:
         raise DataError("no data sources: set data.sources (name -> {path, weight, group})")
+    if len(sources) > MAX_SOURCES:
+        raise DataError(
+            f"{len(sources)} data sources: at most {MAX_SOURCES} (their losses are reported apart)"
+        )
     read = grain.ReadOptions(num_threads=d.num_threads, prefetch_buffer_size=d.prefetch)
     parents = [
         source_dataset(
@@ -412,7 +447,9 @@ def build(
         for k, s in enumerate(sources)
     ]
     schedule = RatioSchedule(
-        end=d.text_ratio, start=d.text_ratio_start, warmup_steps=d.modality_warmup_steps
+        end=d.text_ratio,
+        start=d.text_ratio_start,
+        warmup_steps=0 if settled else d.modality_warmup_steps,
     )
     ds = PackedBatches(
         parents,
@@ -426,7 +463,7 @@ def build(
         image_token_id=mcfg.image_token_id,
         num_image_tokens=mcfg.num_image_tokens,
         pack=d.pack,
-        one_modality_per_batch=d.one_modality_per_batch,
+        one_modality_per_batch=d.one_modality_per_batch and not settled,
         max_skip_rate=d.max_skip_rate,
         min_seen=d.min_seen,
         step_stride=max(1, d.workers),
@@ -454,12 +491,17 @@ def iterator_stats(it) -> dict:
     for st in state.get("iterators_in_use_states", []):
         for name, c in st["counts"].items():
             t = total.setdefault(name, _new_counts())
-            for k in ("seen", "used", "truncated", "tokens"):
-                t[k] += c[k]
+            for k in COUNTS:
+                t[k] += c.get(k, 0)
             for r, v in c["skipped"].items():
                 t["skipped"][r] = t["skipped"].get(r, 0) + v
             t["skipped_ids"] += c.get("skipped_ids", [])[: MAX_LOGGED_IDS - len(t["skipped_ids"])]
     return total
+
+
+def source_labels(d) -> list[tuple[str, str]]:
+    """(name, group) of each configured source, in source-index order (the `source_ids` - 1 of a batch)."""
+    return [(s.name, s.group) for s in open_configured_sources(d)]
 
 
 def open_configured_sources(d) -> list[SourceSpec]:

@@ -80,6 +80,9 @@ class Rendered:
     loss_mask: np.ndarray  # [T] bool: ids[t] is a training target
     num_images: int  # image blocks of num_image_tokens ids each
     truncated: bool = False
+    # conversations: the index where each user turn after an answer starts (where a conversation too
+    # long for a row may be cut, data/splitting.py); None for pretraining text (cut anywhere)
+    breaks: np.ndarray | None = None
 
 
 def _segments(
@@ -155,15 +158,17 @@ def format_conversation(
 
 def _encode(
     segs, tok: Tokenizer, num_image_tokens: int, rid: str
-) -> tuple[list[int], list[bool], int]:
+) -> tuple[list[int], list[bool], int, list[int]]:
+    """(ids, loss mask, image count, the index after every EOS) of the segments."""
     if num_image_tokens < 1:
         raise ValueError(f"num_image_tokens={num_image_tokens}: must be >= 1")
-    ids, mask, images = [tok.bos_id], [False], 0
+    ids, mask, images, after_eos = [tok.bos_id], [False], 0, []
     special = {tok.bos_id, tok.eos_id, tok.image_token_id}
     for text, loss in segs:
         if text is _EOS:
             ids.append(tok.eos_id)
             mask.append(loss)
+            after_eos.append(len(ids))
             continue
         for j, part in enumerate(text.split(IMAGE_TAG)):
             if j:
@@ -180,7 +185,7 @@ def _encode(
                     )
                 ids += t
                 mask += [loss] * len(t)
-    return ids, mask, images
+    return ids, mask, images, after_eos
 
 
 def render(
@@ -201,9 +206,10 @@ def render(
         raise ValueError(f"overflow={overflow!r}: expected one of {OVERFLOW}")
     rid = example.id if isinstance(example, Example) else ""
     messages = example.messages if isinstance(example, Example) else example
-    ids, mask, images = _encode(
+    ids, mask, images, after_eos = _encode(
         _segments(messages, "train", default_system, rid), tokenizer, num_image_tokens, rid
     )
+    conversation = any(m.role == "assistant" for m in messages)
     if isinstance(example, Example) and images != len(example.images):
         raise TemplateError(
             rid,
@@ -233,7 +239,10 @@ def render(
             "no loss token left" + (f" within max_len {max_len}" if truncated else ""),
             "empty_text",
         )
-    return Rendered(ids_a, mask_a, images, bool(truncated))
+    breaks = None
+    if conversation:
+        breaks = np.asarray([b for b in after_eos if b < len(ids_a)], np.int32)
+    return Rendered(ids_a, mask_a, images, bool(truncated), breaks)
 
 
 def render_generation_prompt(
@@ -244,7 +253,7 @@ def render_generation_prompt(
     default_system: str = DEFAULT_SYSTEM_PROMPT,
 ) -> Rendered:
     """Inference prompt: BOS + conversation ending with "User: ...\\n\\nAssistant:" (loss_mask all False)."""
-    ids, _, images = _encode(
+    ids, _, images, _ = _encode(
         _segments(messages, "generate", default_system, ""), tokenizer, num_image_tokens, ""
     )
     return Rendered(np.asarray(ids, np.int32), np.zeros(len(ids), bool), images)

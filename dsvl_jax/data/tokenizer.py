@@ -255,14 +255,66 @@ def train_on_examples(
 ) -> bytes:
     """A SentencePiece model for a corpus of records.Example: trained on their message texts (image tags out)."""
 
-    def texts():
-        for ex in examples:
-            for m in ex.messages:
-                for line in m.content.replace(IMAGE_TAG, " ").split("\n"):
-                    if line.strip():
-                        yield line
+    return train_sentencepiece(_example_lines(examples), vocab_size, out=out)
 
-    return train_sentencepiece(texts(), vocab_size, out=out)
+
+def _example_lines(examples: Iterable) -> Iterable[str]:
+    for ex in examples:
+        for m in ex.messages:
+            for line in m.content.replace(IMAGE_TAG, " ").split("\n"):
+                if line.strip():
+                    yield line
+
+
+# DeepSeek's tokenizer layout: 100000 base entries, then specials; the ones the model relies on
+DEEPSEEK_BASE, DEEPSEEK_SPECIALS = (
+    100000,
+    {100000: DEEPSEEK_BOS, 100001: DEEPSEEK_EOS, 100015: IMAGE_TAG},
+)
+
+
+def deepseek_stand_in(
+    examples: Iterable, out_dir: str | os.PathLike, learned: int = 2000
+) -> HFTokenizer:
+    """A byte-level BPE `tokenizer.json` with DeepSeek's layout, built offline for rehearsals: `learned`
+    pieces trained on the examples' text, reserved (never produced) entries up to 100000, then 16
+    specials with BOS 100000, EOS 100001 and the image token 100015 at DeepSeek's ids, so vocabulary
+    size, special ids and the embedding/head shapes (102400 rows) are the real model's."""
+    from tokenizers import Tokenizer as _HFTok
+    from tokenizers import decoders, models, pre_tokenizers, trainers
+
+    tok = _HFTok(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    tok.train_from_iterator(
+        _example_lines(examples),
+        trainers.BpeTrainer(
+            vocab_size=learned,
+            show_progress=False,
+            initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        ),
+    )
+    spec = json.loads(tok.to_str())
+    vocab = spec["model"]["vocab"]
+    vocab.update({f"<|reserved_{i}|>": i for i in range(len(vocab), DEEPSEEK_BASE)})
+    spec["added_tokens"] = [
+        dict(
+            id=i,
+            content=DEEPSEEK_SPECIALS.get(i, f"<|special_{i}|>"),
+            single_word=False,
+            lstrip=False,
+            rstrip=False,
+            normalized=False,
+            special=True,
+        )
+        for i in range(DEEPSEEK_BASE, DEEPSEEK_BASE + 16)
+    ]
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    _HFTok.from_str(json.dumps(spec)).save(str(out / "tokenizer.json"))
+    conf = {"bos_token": DEEPSEEK_BOS, "eos_token": DEEPSEEK_EOS, "image_token": IMAGE_TAG}
+    (out / "tokenizer_config.json").write_text(json.dumps(conf, ensure_ascii=False, indent=1))
+    return HFTokenizer(out)
 
 
 # --- HuggingFace tokenizer.json --------------------------------------------------------------------

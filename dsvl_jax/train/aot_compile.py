@@ -63,9 +63,8 @@ def batch_like(
 ) -> dict:
     """The loader's batch (data/packing.py RowPacker.emit) as ShapeDtypeStructs, without shardings."""
     s = jax.ShapeDtypeStruct
-    out = {
-        k: s((batch_size, seq_len), jnp.int32) for k in ("ids", "targets", "positions", "segments")
-    }
+    keys = ("ids", "targets", "positions", "segments", "source_ids")
+    out = {k: s((batch_size, seq_len), jnp.int32) for k in keys}
     out["loss_mask"] = s((batch_size, seq_len), jnp.float32)
     if with_images:
         n = mcfg.siglip.image_size

@@ -1,7 +1,9 @@
 """Periodic evaluation on held-out sources: loss over fixed batches, and exact match of greedy answers.
 
 Loss: the first `eval.batches` batches of the held-out pipeline (a fresh iterator each time, so
-every eval sees the same batches), token-weighted. Exact match: the first question of each
+every eval sees the same batches), token-weighted, overall (`eval_loss`) and per source
+(`eval_loss/<name>`). The batches are drawn at the mix the run settles at after its modality
+warm-up, each mixing both modalities (not the all-language mix of step 0). Exact match: the first question of each
 question/answer record, asked alone with the record's images (later turns could leak the answer);
 the greedy continuation up to EOS, stripped, must equal the answer. `chance` is what always
 answering the most frequent answer would score; `accuracy_swapped_images` asks the same questions
@@ -71,26 +73,42 @@ class Evaluator:
 
         def run(params, batch):
             _, aux = fn(flatten(params), batch)
-            return aux["ce_sum"], jnp.sum(batch["loss_mask"])
+            return (
+                aux["ce_sum"],
+                jnp.sum(batch["loss_mask"]),
+                aux["source_ce"],
+                aux["source_tokens"],
+            )
 
         return jax.jit(run, in_shardings=(f.shardings.params, batch_shardings(f, batch_like)))
 
-    def loss(self, params) -> float:
+    def loss(self, params) -> dict:
+        """{"eval_loss": ..., "eval_loss/<source>": ...} over the first eval.batches held-out batches."""
         f = self.factory
         it = iter(
             pipeline.build(
-                self.cfg, host=jax.process_index(), hosts=jax.process_count(), sources=self.sources
+                self.cfg,
+                host=jax.process_index(),
+                hosts=jax.process_count(),
+                sources=self.sources,
+                settled=True,
             )
         )
         tot = n = 0.0
+        src_ce = src_n = 0.0
         for _ in range(self.cfg.eval.batches):
             b = shard_host_batch(next(it), f.mesh, f.rules)
             if self._loss is None:
                 self._loss = self._loss_fn(b)
             with jax.set_mesh(f.mesh), nn.logical_axis_rules(f.rules):
-                s, c = self._loss(params, b)
+                s, c, sc, sn = jax.device_get(self._loss(params, b))
             tot, n = tot + float(s), n + float(c)
-        return tot / max(n, 1.0)
+            src_ce, src_n = src_ce + np.asarray(sc, np.float64), src_n + np.asarray(sn, np.float64)
+        out = {"eval_loss": tot / max(n, 1.0)}
+        for k, spec in enumerate(self.sources):
+            if src_n[k]:
+                out[f"eval_loss/{spec.name}"] = float(src_ce[k] / src_n[k])
+        return out
 
     # -- exact match ---------------------------------------------------------------------------
     def answers(self, params, items: list[records.Example], batch: int = 8) -> list[str]:
@@ -128,4 +146,4 @@ class Evaluator:
         }
 
     def run(self, params) -> dict:
-        return {"eval_loss": self.loss(params), **self.exact_match(params)}
+        return {**self.loss(params), **self.exact_match(params)}

@@ -41,7 +41,7 @@ from dsvl_jax.train.logger import MetricsLogger
 from dsvl_jax.train.optim import trainable_paths
 from dsvl_jax.train.state import StateFactory, TrainState
 from dsvl_jax.train.step import CompiledStep
-from dsvl_jax.train.tracker import RunError, StepTracker, host_token_counts
+from dsvl_jax.train.tracker import RunError, StepTracker, batch_counts
 
 log = logging.getLogger(__name__)
 
@@ -121,6 +121,8 @@ def setup(cfg, workdir: str) -> Run:
     state, meta = _initial_state(cfg, mcfg, factory, ckpts, data_iter, init)
     start = int(meta.get("loop_step", 0))
     tracker = _tracker(cfg, mcfg, workdir, main, start, skipped=int(meta.get("skipped_steps", 0)))
+    tracker.sources = pipeline.source_labels(cfg.data)
+    tracker.data_stats = lambda: pipeline.iterator_stats(data_iter)
     return Run(
         cfg,
         mcfg,
@@ -241,10 +243,10 @@ def run_loop(run: Run) -> int:
             t0 = time.perf_counter()
             batch = next(run.data_iter)
             data_s = time.perf_counter() - t0
-            tokens = host_token_counts(batch, run.mcfg.image_token_id)
+            counts = batch_counts(batch, run.mcfg.image_token_id, run.mcfg.num_image_tokens)
             run.state, metrics = run.step_fn(run.state, shard_host_batch(batch, f.mesh, f.rules))
             step += 1
-            tr.dispatched(step, metrics, data_s, tokens)
+            tr.dispatched(step, metrics, data_s, counts)
             if run.evaluator is not None and step % cfg.eval.every_steps == 0:
                 tr.record({"step": step, **run.evaluator.run(run.state.params)})
             if step % cfg.checkpoint.every_steps == 0 or step == end or sig.hit:

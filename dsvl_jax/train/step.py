@@ -5,8 +5,11 @@ Batch (global arrays, leading axis = sequences, sharded over the act_batch mesh 
   ids, targets, positions, segments [B, T] int32; loss_mask [B, T] float32
   pixels [B, I, S, S, 3], high_pixels [B, I, Sh, Sh, 3] (I images per sample; absent for text-only);
   uint8 views from the loader are normalised here, on device (per-tower mean/std), floats pass as they are
+  source_ids [B, T] int32 (optional): the data source of each position + 1 (0 = padding)
 Loss = (sum of token CE + z_loss * logZ^2 over loss_mask) / (number of loss tokens in the whole batch),
-so accumulation over micro-batches is exactly the full-batch gradient.
+so accumulation over micro-batches is exactly the full-batch gradient. With source_ids the step also
+returns the CE sum and the loss-token count of each source (up to MAX_SOURCES), from which the
+host reports the loss per source and per modality (train/tracker.py).
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from dsvl_jax.data import pipeline
 from dsvl_jax.data.preprocess import image_spec, normalize_batch
 from dsvl_jax.errors import ConfigError
 from dsvl_jax.model.config import ModelConfig
@@ -27,6 +31,9 @@ from dsvl_jax.model.vlm import DeepseekVL
 from dsvl_jax.parallel.sharding import batch_sharding
 from dsvl_jax.train.loss import cross_entropy, head_cross_entropy
 from dsvl_jax.train.state import StateFactory, TrainState, split_trainable
+
+# data sources a run reports the loss of (source_ids 1..MAX_SOURCES; the pipeline allows no more)
+MAX_SOURCES = pipeline.MAX_SOURCES
 
 
 def _forward(cfg: ModelConfig, params: Any, mb: dict, output: str = "logits") -> jax.Array:
@@ -67,7 +74,12 @@ def loss_sums(
         ce, logz = cross_entropy(_forward(cfg, params, mb), mb["targets"])
     w = mb["loss_mask"].astype(jnp.float32)
     ce_sum, z_sum = jnp.sum(ce * w), jnp.sum(jnp.square(logz) * w)
-    return ce_sum + z_loss * z_sum, {"ce_sum": ce_sum, "z_sum": z_sum}
+    aux = {"ce_sum": ce_sum, "z_sum": z_sum}
+    if "source_ids" in mb:
+        onehot = jax.nn.one_hot(mb["source_ids"] - 1, MAX_SOURCES, dtype=jnp.float32)
+        aux["source_ce"] = jnp.einsum("bt,bts->s", jax.lax.stop_gradient(ce) * w, onehot)
+        aux["source_tokens"] = jnp.einsum("bt,bts->s", w, onehot)
+    return ce_sum + z_loss * z_sum, aux
 
 
 def _microbatches(batch: dict, m: int) -> dict:
@@ -97,16 +109,17 @@ def train_step(
     if m == 1:
         grads, aux = grad_fn(train, frozen, batch, cfg, t.z_loss, chunk)
     else:
+        mbs = _microbatches(batch, m)
 
         def body(acc, mb):
             g, a = grad_fn(train, frozen, mb, cfg, t.z_loss, chunk)
             return jax.tree.map(jnp.add, acc, (g, a)), None
 
-        zeros = (
-            jax.tree.map(jnp.zeros_like, train),
-            {"ce_sum": jnp.zeros(()), "z_sum": jnp.zeros(())},
-        )
-        (grads, aux), _ = jax.lax.scan(body, zeros, _microbatches(batch, m))
+        aux0 = {"ce_sum": jnp.zeros(()), "z_sum": jnp.zeros(())}
+        if "source_ids" in batch:
+            aux0 |= {"source_ce": jnp.zeros(MAX_SOURCES), "source_tokens": jnp.zeros(MAX_SOURCES)}
+        zeros = (jax.tree.map(jnp.zeros_like, train), aux0)
+        (grads, aux), _ = jax.lax.scan(body, zeros, mbs)
     gnorm = optax.global_norm(grads) / total
     # Normalise by the token count and clip to train.clip_norm in one scale (fused into the update).
     scale = 1.0 / total
@@ -129,6 +142,8 @@ def train_step(
         "learning_rate": lr,
         "skipped": 1 - ok.astype(jnp.int32),
     }
+    if "source_ce" in aux:
+        metrics["source_ce"], metrics["source_tokens"] = aux["source_ce"], aux["source_tokens"]
     return TrainState(
         step=state.step + ok.astype(jnp.int32), params=params, opt_state=opt_state
     ), metrics

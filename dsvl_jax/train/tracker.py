@@ -6,6 +6,12 @@ step's device metrics then (so the host never waits on the step in flight), coun
 stops the run after `train.max_bad_steps` of them in a row, and writes a record every
 `log.every_steps` (or when forced: before a checkpoint, at the end) with loss, learning rate, step
 time, tokens/s (text and image apart), MFU and the share of time spent waiting for data.
+
+Losses in a record are means over the steps since the previous record, weighted by loss tokens
+(`loss`; `loss_step` is the last step's alone), also on text-only and multimodal sources
+(`loss_text`, `loss_multimodal`) and per source (`loss/<name>`): the modality competition of
+stage 2 shows as these curves moving apart. The data counters (`samples_*`, `text_chunks`) are the
+input pipeline's totals so far.
 """
 
 from __future__ import annotations
@@ -13,6 +19,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import time
+from collections.abc import Callable, Sequence
 
 import jax
 import numpy as np
@@ -28,12 +35,30 @@ class RunError(Error, RuntimeError):
     """The run cannot go on (too many non-finite steps, a refused checkpoint)."""
 
 
-def host_token_counts(batch: dict, image_token_id: int) -> tuple[int, int]:
-    """(text, image) tokens of this host's rows, scaled to the global batch (hosts feed equal shares)."""
+@dataclasses.dataclass(frozen=True)
+class BatchCounts:
+    """What one host batch holds: text and image tokens (scaled to the global batch: hosts feed equal
+    shares), the share of row positions holding tokens and of image slots holding images."""
+
+    text_tokens: int
+    image_tokens: int
+    row_fill: float
+    image_slot_fill: float | None  # None: no image slots (a text-only batch)
+
+
+def batch_counts(batch: dict, image_token_id: int, num_image_tokens: int) -> BatchCounts:
     seg = batch["segments"] > 0
     img = int(((batch["ids"] == image_token_id) & seg).sum())
     n = jax.process_count()
-    return n * (int(seg.sum()) - img), n * img
+    slots = batch["pixels"].shape[0] * batch["pixels"].shape[1] if "pixels" in batch else 0
+    # an image block's last token is a target only, not an input: count blocks by their first token
+    images = int(np.ceil(img / num_image_tokens))
+    return BatchCounts(
+        n * (int(seg.sum()) - img),
+        n * img,
+        float(seg.mean()),
+        min(1.0, images / slots) if slots else None,
+    )
 
 
 def chips() -> int:
@@ -50,6 +75,13 @@ class _Window:
     text_tokens: int = 0
     image_tokens: int = 0
     steps: int = 0
+    row_fill: float = 0.0
+    slot_fill: float = 0.0
+    slot_batches: int = 0
+    ce: float = 0.0  # loss x loss tokens of the finite steps
+    loss_tokens: float = 0.0
+    source_ce: np.ndarray | None = None
+    source_tokens: np.ndarray | None = None
 
 
 @dataclasses.dataclass
@@ -60,6 +92,10 @@ class StepTracker:
     flops_per_step: float
     peak_flops: float  # per chip; 0 = unknown (no MFU)
     skipped_total: int = 0  # restored from the checkpoint's meta on resume
+    # (name, group) of each data source, in source-index order: the per-source losses' labels
+    sources: Sequence[tuple[str, str]] = ()
+    # the input pipeline's per-source counters (pipeline.iterator_stats), read when a record is written
+    data_stats: Callable[[], dict] | None = None
     # the latest logged values (the run's result)
     last: dict = dataclasses.field(default_factory=dict)
     _bad_run: int = dataclasses.field(default=0, init=False)
@@ -67,7 +103,7 @@ class StepTracker:
     _window: _Window = dataclasses.field(default_factory=_Window, init=False)
     _tick: float = dataclasses.field(default_factory=time.perf_counter, init=False)
 
-    def dispatched(self, step: int, metrics: dict, data_s: float, tokens: tuple[int, int]) -> None:
+    def dispatched(self, step: int, metrics: dict, data_s: float, counts: BatchCounts) -> None:
         """Step `step` was dispatched (its metrics still on device); settle the one before it."""
         self.settle()
         now = time.perf_counter()
@@ -75,8 +111,12 @@ class StepTracker:
         w.data_s += data_s
         w.wall_s += now - self._tick
         self._tick = now
-        w.text_tokens += tokens[0]
-        w.image_tokens += tokens[1]
+        w.text_tokens += counts.text_tokens
+        w.image_tokens += counts.image_tokens
+        w.row_fill += counts.row_fill
+        if counts.image_slot_fill is not None:
+            w.slot_fill += counts.image_slot_fill
+            w.slot_batches += 1
         w.steps += 1
         self._pending = (step, metrics)
 
@@ -86,8 +126,20 @@ class StepTracker:
             return
         step, metrics = self._pending
         self._pending = None
-        m = {k: float(v) for k, v in jax.device_get(metrics).items()}
+        host = jax.device_get(metrics)
+        m = {k: float(v) for k, v in host.items() if np.ndim(v) == 0}
         self._count_skip(step, m)
+        w = self._window
+        if not m["skipped"] and np.isfinite(m["loss"]):
+            w.ce += m["loss"] * m["tokens"]
+            w.loss_tokens += m["tokens"]
+            if "source_ce" in host:
+                ce, tok = (
+                    np.asarray(host["source_ce"], np.float64),
+                    np.asarray(host["source_tokens"]),
+                )
+                w.source_ce = ce if w.source_ce is None else w.source_ce + ce
+                w.source_tokens = tok if w.source_tokens is None else w.source_tokens + tok
         if force or step % self.log_every == 0:
             self._write(step, m)
 
@@ -120,7 +172,9 @@ class StepTracker:
         step_s = w.wall_s / max(w.steps, 1)
         rec = {
             "step": step,
-            "loss": m["loss"],
+            "loss": w.ce / w.loss_tokens if w.loss_tokens else m["loss"],
+            "loss_step": m["loss"],
+            **self._source_losses(w),
             "learning_rate": m["learning_rate"],
             "grad_norm": m["grad_norm"],
             "z_loss": m["z_loss"],
@@ -134,8 +188,43 @@ class StepTracker:
             if self.peak_flops
             else float("nan"),
             "data_wait_fraction": w.data_s / wall,
+            "row_fill": w.row_fill / max(w.steps, 1),
         }
+        if w.slot_batches:
+            rec["image_slot_fill"] = w.slot_fill / w.slot_batches
+        if self.data_stats is not None:
+            rec.update(data_totals(self.data_stats()))
         self.logger.write(rec)
         self.logger.progress(step, loss=m["loss"], tok_s=rec["tokens_per_s"])
         self.last.update(rec)
         self._window = _Window()
+
+    def _source_losses(self, w: _Window) -> dict:
+        """Interval means of the loss per modality group and per source (sources without loss tokens
+        in the interval are left out)."""
+        if w.source_ce is None or not self.sources:
+            return {}
+        out, groups = {}, {}
+        for k, (name, group) in enumerate(self.sources):
+            ce, n = float(w.source_ce[k]), float(w.source_tokens[k])
+            g = groups.setdefault(group, [0.0, 0.0])
+            g[0], g[1] = g[0] + ce, g[1] + n
+            if n:
+                out[f"loss/{name}"] = ce / n
+        for group, (ce, n) in groups.items():
+            if n:
+                out[f"loss_{group}"] = ce / n
+        return out
+
+
+def data_totals(stats: dict) -> dict:
+    """Per-source pipeline counters -> run totals: samples seen / used / dropped (skipped or not
+    placeable) / split at image or turn boundaries, long text samples chunked and their windows."""
+    keys = {"seen": "samples_seen", "used": "samples_used", "split": "samples_split"}
+    keys |= {"chunked": "text_chunked", "chunks": "text_chunks"}
+    tot = dict.fromkeys([*keys.values(), "samples_dropped"], 0)
+    for c in stats.values():
+        for k, out in keys.items():
+            tot[out] += c[k]
+        tot["samples_dropped"] += sum(c["skipped"].values())
+    return tot

@@ -19,6 +19,7 @@ COMMANDS = (
     "sweep",
     "demo",
     "launch_local",
+    "rehearse",
 )
 STAGE1 = "--config=experiments/stage1_aligner.py:tiny"
 
@@ -53,6 +54,7 @@ USAGE = {  # command -> (args, fragments the one line must hold)
     "sweep": ((STAGE1, "--grid=train.lrr=1,2", "--workdir=x"), ("train has no field 'lrr'",)),
     "demo": (("--config=experiments/demo.py:13b",), ("13b",)),
     "launch_local": (("--procs=0", "--", "train"), ("--procs",)),
+    "rehearse": ((STAGE1, "--workdir=x", "--steps=0"), ("--steps=0",)),
 }
 
 

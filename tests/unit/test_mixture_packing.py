@@ -192,23 +192,3 @@ def test_skip_rate_cap_is_a_clear_error():
     ):
         for _ in range(50):
             next(it)
-
-
-def test_fit_to_row_never_cuts_an_image_block():
-    from dsvl_jax.data.pipeline import fit_to_row
-
-    ids = np.array([1] + [7] * 3 + [IMG] * N_IMG + [8] * 5 + [IMG] * N_IMG + [9] * 6, np.int32)
-    mask = (ids != IMG).astype(np.uint8)
-    mask[0] = 0
-    px = np.arange(2)[:, None, None, None] * np.ones((2, 8, 8, 3), np.uint8)
-    s = Sample("doc", 0, ids, mask, px)
-    cut, why = fit_to_row(s, seq_len=15, image_slots=2, image_token_id=IMG, num_image_tokens=N_IMG)
-    # the second block starts at 13 < 16: keep 13 tokens and one image
-    assert why == "truncated" and cut.ids.tolist() == ids[:13].tolist() and cut.num_images == 1
-    assert cut.pixels[0, 0, 0, 0] == 0
-    whole, why = fit_to_row(
-        s, seq_len=30, image_slots=2, image_token_id=IMG, num_image_tokens=N_IMG
-    )
-    assert whole is s and why == ""
-    none, why = fit_to_row(s, seq_len=30, image_slots=1, image_token_id=IMG, num_image_tokens=N_IMG)
-    assert none is None and "image slots" in why

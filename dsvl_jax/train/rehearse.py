@@ -1,0 +1,150 @@
+"""A dress rehearsal of a shipped recipe on a laptop: the real shapes with the widths cut down.
+
+`rehearse(cfg, workdir, steps)` runs an experiment config as it is — its row length, image sizes
+(384 / 1024) and patch grids (576 image tokens per image), image slots, packing, mixture and
+modality warm-up, system prompt and chat template, stage freezing, micro-batches — with only what
+a 2-core CPU cannot hold changed:
+- the towers' and the LLM's widths and depths (`SHRINK`; the vocabulary stays 102400 rows, the
+  output head runs through the chunked loss);
+- the global batch: one row per micro-batch and device;
+- the data: the embedded corpus of every source's stand-in `kind` (and its held-out split),
+  rendered at the config's largest image size, with a byte-level BPE tokenizer of DeepSeek's layout
+  (vocabulary size and special ids) built from it offline; no weights (`init_from` is dropped);
+- the modality warm-up scaled with the steps (so a few steps reach the settled mix), held-out
+  evaluation of the loss once at the last step (no answer generation), a log record every step.
+The report says whether the data fits the shapes: samples seen / dropped (by reason) / split at
+image or turn boundaries, text chunks, row fill and image-slot fill, first and last loss. On the
+embedded corpus every record is well-formed, so any dropped sample is a failure of the recipe.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+
+import ml_collections
+import numpy as np
+
+from dsvl_jax.data import builders, records, shards, tokenizer
+from dsvl_jax.data.pipeline import SkipRateError
+from dsvl_jax.errors import Error
+from dsvl_jax.model.config import model_config_from_dict
+from dsvl_jax.train.logger import METRICS_FILE, read_metrics
+from dsvl_jax.train.loop import train
+
+
+class RehearsalFailed(Error, RuntimeError):
+    """The recipe's shapes lost well-formed data."""
+
+
+# widths and depths a 2-core CPU steps through in seconds; every other model field stays
+SHRINK = {
+    "siglip": dict(width=32, depth=2, heads=2, mlp_dim=64),
+    "sam": dict(width=32, depth=2, heads=2, mlp_dim=64, global_attn_indexes=(1,), out_chans=16),
+    "llm": dict(hidden=64, layers=2, heads=4, kv_heads=4, head_dim=16, mlp_dim=128),
+}
+CORPUS_N, HELDOUT_N = 24, 8  # records per source kind (they repeat), held-out records per kind
+LOSS_CHUNK_MAX = 1024  # tokens per output-head chunk: no [rows, seq, 102400] logits
+
+
+def rehearsal_config(
+    cfg: ml_collections.ConfigDict, root: str, steps: int, devices: int
+) -> ml_collections.ConfigDict:
+    """`cfg` with the model shrunk, the batch cut, the data and tokenizer under `root`."""
+    c = cfg.copy_and_resolve_references()
+    c.unlock()
+    for section, fields in SHRINK.items():
+        c.model[section].update(fields)
+    c.model.llm.max_position = max(c.model.llm.max_position, c.train.seq_len)
+    c.model.image_token_id = 100015
+    t = c.train
+    full = t.steps
+    t.steps = steps
+    t.warmup_steps = min(t.warmup_steps, steps)
+    t.batch_size = t.microbatches * devices  # one row per micro-batch and device
+    t.loss_chunk = max(d for d in range(1, LOSS_CHUNK_MAX + 1) if t.seq_len % d == 0)
+    t.peak_flops_per_device = 1.0  # skip the CPU matmul probe; MFU is meaningless at shrunk widths
+    d = c.data
+    if d.modality_warmup_steps:
+        d.modality_warmup_steps = max(1, round(d.modality_warmup_steps * steps / full))
+    # a recipe that loses most samples stops early (the report names what was lost)
+    d.max_skip_rate, d.min_seen = 0.5, 20
+    c.data_root = root
+    for section, folder in ((d, ""), (c.eval, "heldout")):
+        for s in section.sources.values():
+            s.path = os.path.join(root, folder, f"dsvl_{s.kind}")
+    d.tokenizer = os.path.join(root, "tokenizer")
+    c.init_from = ""
+    c.checkpoint.every_steps = steps
+    c.log.every_steps = 1
+    if c.eval.sources:
+        c.eval.update(every_steps=steps, batches=1, qa_items=0)
+    return c.lock()
+
+
+def prepare_data(c: ml_collections.ConfigDict) -> None:
+    """The embedded corpus of each source's kind at the config's largest image size (and the held-out
+    split of the eval sources), plus the DeepSeek-layout tokenizer built on it."""
+    m = model_config_from_dict(c.model)
+    px = max(m.siglip.image_size, m.sam.image_size if m.hybrid else 0)
+    root = c.data_root
+    kinds = sorted({s.kind for s in c.data.sources.values()})
+    builders.generate_corpus(kinds, root, n=CORPUS_N, image_size=px)
+    held = sorted({s.kind for s in c.eval.sources.values()})
+    if held:
+        builders.generate_corpus(
+            held, os.path.join(root, "heldout"), n=HELDOUT_N, seed=1, image_size=px
+        )
+    if not os.path.isfile(os.path.join(c.data.tokenizer, "tokenizer.json")):
+        every = builders.generate_corpus(records.KINDS, os.path.join(root, "tok"), n=CORPUS_N)
+        tokenizer.deepseek_stand_in(shards.iter_examples(every.values()), c.data.tokenizer)
+
+
+def report(name: str, workdir: str, stats: dict, steps: int) -> dict:
+    """The rehearsal's figures from the run's metrics.jsonl and data counters."""
+    path = os.path.join(workdir, METRICS_FILE)
+    recs = [r for r in read_metrics(path) if "loss_step" in r] if os.path.exists(path) else []
+    dropped: dict[str, int] = {}
+    for c in stats.values():
+        for reason, n in c["skipped"].items():
+            dropped[reason] = dropped.get(reason, 0) + n
+    return {
+        "config": name,
+        "steps": steps,
+        "samples_seen": sum(c["seen"] for c in stats.values()),
+        "samples_dropped": sum(dropped.values()),
+        "dropped_reasons": dropped,
+        "dropped_ids": [i for c in stats.values() for i in c["skipped_ids"]][:20],
+        "samples_split": sum(c["split"] for c in stats.values()),
+        "text_chunks": sum(c["chunks"] for c in stats.values()),
+        "row_fill": float(np.mean([r["row_fill"] for r in recs])) if recs else 0.0,
+        "image_slot_fill": _mean([r.get("image_slot_fill") for r in recs]),
+        "loss_first": recs[0]["loss_step"] if recs else None,
+        "loss_last": recs[-1]["loss_step"] if recs else None,
+        "eval_loss": None,
+    }
+
+
+def _mean(values) -> float | None:
+    v = [x for x in values if isinstance(x, float)]
+    return float(np.mean(v)) if v else None
+
+
+def rehearse(cfg, name: str, workdir: str, steps: int, devices: int, data: str = "") -> dict:
+    """Rehearse `cfg` (named `name` in the report) in `workdir`; corpora and tokenizer go to `data`
+    (default workdir/data), where folders already written are reused."""
+    c = rehearsal_config(cfg, data or os.path.join(workdir, "data"), steps, devices)
+    prepare_data(c)
+    run = os.path.join(workdir, "run")
+    try:
+        train(c, run)
+    except SkipRateError as e:  # most samples lost: report them
+        return {**report(name, run, e.stats, steps), "error": str(e)}
+    with open(os.path.join(run, "data_stats.json")) as f:
+        stats = json.load(f)
+    evals = [r for r in read_metrics(os.path.join(run, METRICS_FILE)) if "eval_loss" in r]
+    out = report(name, run, stats, steps)
+    if evals:
+        out["eval_loss"] = evals[-1]["eval_loss"]
+        out["eval_sources"] = sorted(k[len("eval_loss/") :] for k in evals[-1] if "/" in k)
+    return out
