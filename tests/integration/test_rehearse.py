@@ -68,6 +68,8 @@ def test_shipped_recipe_rehearses_without_losing_data(stage, size, data_dirs, tm
         assert any("loss_text" in r for r in train_recs)
         assert any("loss_multimodal" in r for r in train_recs)
         assert out["row_fill"] > 0.5  # packing
+        # held-out batches at the settled mix: text and multimodal sources evaluated apart
+        assert "text" in out["eval_sources"] and len(out["eval_sources"]) > 1
     if stage == "stage3_sft":
         # in-house documents carry several images for one slot: split at image boundaries
         assert out["samples_split"] > 0

@@ -303,3 +303,26 @@ def test_source_reopen_pickle_and_overwrite(tmp_path):
     builders.prepare("text", str(b), str(tmp_path / "A"), overwrite=True)
     assert len(shards.open_source(str(tmp_path / "A"))) == 3
     assert ra.report["written"] == 1
+
+
+def test_holdout_split_by_record_id(tmp_path):
+    """prepare --holdout: a stable id-drawn share goes to OUT/heldout/, disjoint from the rest and together
+    the whole input; generate --holdout draws new records of each kind there."""
+    txt = tmp_path / "text.jsonl"
+    txt.write_text(
+        "".join(json.dumps({"id": f"t{i}", "text": f"words {i}"}) + "\n" for i in range(200))
+    )
+    res = builders.prepare("text", str(txt), str(tmp_path / "out"), holdout=0.2)
+    train = {ex.id for ex in shards.iter_examples([res.dataset_dir])}
+    held = {ex.id for ex in shards.iter_examples([res.report["heldout_dir"]])}
+    assert res.report["heldout_dir"].startswith(str(tmp_path / "out" / "heldout"))
+    assert not train & held and train | held == {f"t{i}" for i in range(200)}
+    assert 20 <= len(held) == res.report["heldout_records"] <= 60
+    assert held == {f"t{i}" for i in range(200) if builders.is_heldout(f"t{i}", 0.2)}
+    dirs = builders.generate_corpus(("caption",), str(tmp_path / "gen"), n=8, holdout=0.25)
+    held_dir = tmp_path / "gen" / "heldout" / "dsvl_caption"
+    got = {
+        ex.id
+        for ex in shards.iter_examples([str(p.parent) for p in held_dir.rglob("dataset_info.json")])
+    }
+    assert len(got) == 2 and not got & {ex.id for ex in shards.iter_examples(dirs.values())}

@@ -443,6 +443,12 @@ def test_loss_mask_covers_exactly_the_answers(tok, name):
     assert tok.decode(r.ids[~r.loss_mask & ~img]).startswith(
         tok.bos_text + DEFAULT_SYSTEM_PROMPT + "\n\nUser: "
     )
+    # where a conversation too long for a row may be cut: right after each answer's EOS but the last,
+    # i.e. at the start of every later "User:" turn
+    ends = [b for _, b in _runs(r.loss_mask)]
+    assert r.breaks.tolist() == [b for b in ends if b < len(r.ids)]
+    for b in r.breaks:
+        assert r.ids[b - 1] == tok.eos_id and tok.decode(r.ids[b : b + 3]).startswith("User")
 
 
 def test_segments_equal_full_string_on_random_conversations(tok):
@@ -475,6 +481,7 @@ def test_pretraining_text(tok):
     np.testing.assert_array_equal(r.loss_mask, ~img & (np.arange(len(r.ids)) > 0))
     assert tok.decode(r.ids[r.loss_mask]) == "A cat on a mat.\nPage 2" + tok.eos_text
     assert np.flatnonzero(img).tolist() == list(range(1, 1 + N_IMG))
+    assert r.breaks is None  # pretraining text may be cut anywhere outside an image block
 
 
 def test_generation_prompt(tok):
@@ -544,3 +551,22 @@ def test_image_count_must_match(sp_tok):
         render(ex, sp_tok, num_image_tokens=N_IMG)
     with pytest.raises(TemplateError, match="generation prompt needs a conversation"):
         render_generation_prompt([Message("text", "t")], sp_tok, num_image_tokens=N_IMG)
+
+
+def test_deepseek_stand_in_has_the_real_layout(tmp_path):
+    """The rehearsal tokenizer, built offline: DeepSeek's vocabulary size and special ids, a real BPE."""
+    from dsvl_jax.data.tokenizer import deepseek_stand_in, model_mismatch
+
+    ex = [Example(f"t{i}", "text", (Message("text", s),)) for i, s in enumerate(_sentences(3, 40))]
+    tok = deepseek_stand_in(ex, tmp_path / "tok", learned=400)
+    assert (tok.vocab_size, tok.bos_id, tok.eos_id, tok.image_token_id) == (
+        100016,
+        100000,
+        100001,
+        100015,
+    )
+    text = "Which fruit has the largest value?"
+    assert tok.decode(tok.encode(text)) == text and max(tok.encode(text)) < 400
+    assert tok.encode(IMAGE_TAG) == [100015]
+    assert not model_mismatch(tok, 100015, 102400) and model_mismatch(tok, 100015, 100000)
+    assert load_tokenizer(tmp_path / "tok").vocab_size == 100016
