@@ -65,9 +65,10 @@ def train_defaults() -> ml_collections.ConfigDict:
 
 
 def data_defaults() -> ml_collections.ConfigDict:
-    """Input pipeline (dsvl_jax/data/pipeline.py). Sources: name -> {path, weight, group}."""
+    """Input pipeline (dsvl_jax/data/pipeline.py). Sources: name -> {path, weight, group, kind}."""
     d = ml_collections.ConfigDict()
-    # e.g. {"chart": {"path": "data/dsvl_chart", "weight": 1.0, "group": "multimodal"}}
+    # e.g. {"chart": {"path": "data/dsvl_chart", "weight": 1.0, "group": "multimodal", "kind": "chart"}}
+    # (kind: the embedded corpus kind that stands in for the source in rehearsals, see set_sources)
     d.sources = ml_collections.ConfigDict()
     d.tokenizer = ""  # a SentencePiece .model, or a folder / tokenizer.json (HF)
     # "default" = the released models' prompt (data/template.py), "" = none
