@@ -4,7 +4,8 @@ adaptor part: necks, downsample convs, alpha); the towers and the LLM stay froze
   python -m dsvl_jax.train --config=experiments/stage1_aligner.py:7b --workdir=runs/7b/stage1
 Arg: tiny | 1.3b | 7b. Real sizes start from the released HF weights (init_from) and use DeepSeek's
 tokenizer; tiny uses the embedded corpus and its SentencePiece model (`make demo`).
-Hardware (AOT check, launch/POD.md): v5p-256, 1.3B: STAGE1_1.3B_FIT; 7B: STAGE1_7B_FIT.
+Hardware (AOT check, launch/POD.md): v5p-256, 1 micro-batch: 1.3B 1.4 GiB/chip, ~0.072 s/step
+projected (MFU 44%); 7B 2.7 GiB/chip, ~0.32 s/step projected (MFU 44%).
 Tiny: 2 CPU cores, a few minutes.
 Recipe (docs/recipe.md#training-stages-table-4): Table 4's stage-1 column; data
 (docs/recipe.md#stage-1): 1.25M image-caption pairs + 2.5M document-OCR renders -> kinds caption + ocr.

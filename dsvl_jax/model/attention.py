@@ -150,7 +150,8 @@ def _splash_kernel(heads: int, t: int, interpret: bool):
     """Built per trace, not cached: a kernel made inside one trace carries its mask arrays into the next
     (scan and remat trace a block several times), which fails with a leaked tracer."""
     sk, sm = compat.splash_attention()
-    blk = min(512, t)
+    # The largest block up to 512 that tiles t (t % 128 == 0 here): 512 at 4096, 384 at stage 1's 1152.
+    blk = max(b for b in (512, 384, 256, 128) if t % b == 0)
     sizes = sk.BlockSizes(
         block_q=blk,
         block_kv=blk,

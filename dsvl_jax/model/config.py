@@ -61,6 +61,12 @@ class SamConfig:
     global_attn_indexes: tuple[int, ...] = (2, 5, 8, 11)
     out_chans: int = 256
     ln_eps: float = 1e-6
+    # Global-attention blocks run their queries in chunks of this many tokens (whole grid rows, dividing the
+    # grid) against all keys, so only [images, heads, chunk, grid^2] logits live at a time instead of
+    # [images, heads, grid^2, grid^2] (model/sam.py rel_pos_attention). Same maths, different peak memory:
+    # 0 (or >= grid^2) = one dense block. At 1024 px (4096 tokens) 512 cuts the global-attention
+    # temporaries 8x; with it 7B stage 2 fits v5p-256 at one micro-batch (launch/POD.md).
+    global_attn_q_chunk: int = 512
 
     @property
     def grid(self) -> int:
@@ -225,6 +231,13 @@ def validate(cfg: ModelConfig) -> None:
             len(m.global_attn_indexes) > 0 and all(0 <= i < m.depth for i in m.global_attn_indexes),
             "model.sam.global_attn_indexes",
             f"{m.global_attn_indexes} must be non-empty and < depth {m.depth}",
+        )
+        qc, g = m.global_attn_q_chunk, m.grid
+        _check(
+            qc >= 0 and (qc >= g * g or (qc % g == 0 and (g * g) % qc == 0)),
+            "model.sam.global_attn_q_chunk",
+            f"{qc} must be 0, >= the {g * g} grid tokens, or a multiple of the grid width {g} that "
+            f"divides {g * g}",
         )
         _check(
             l.hidden % 2 == 0,

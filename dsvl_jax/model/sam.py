@@ -5,6 +5,9 @@ downsample convs to [B, 24, 24, 1024], and the learned mixing scalar `hd_alpha` 
 Input: pixels [B, 1024, 1024, 3], CLIP-normalised. Output: [B, 576, 1024] in row-major (h, w) order.
 Blocks are unrolled (not scanned): windowed and global blocks carry rel-pos tables of different shapes
 (2*14-1 vs 2*64-1 rows), so they cannot share one stacked parameter; each block is still remat-able.
+Global blocks attend over all 64x64 = 4096 tokens; their queries run in chunks of
+`model.sam.global_attn_q_chunk` tokens (`rel_pos_attention`), so the [images, heads, 4096, 4096] logits and
+bias never exist at once.
 """
 
 from __future__ import annotations
@@ -45,19 +48,77 @@ def window_unpartition(
     return x[:, : hw[0], : hw[1]]
 
 
-def rel_pos_bias(q: jax.Array, table_h: jax.Array, table_w: jax.Array) -> jax.Array:
-    """Decomposed relative-position bias (MViTv2). q: [B, h, w, H, D] unscaled -> [B, H, h*w, h*w].
+def rel_pos_rows(table: jax.Array, size: int) -> jax.Array:
+    """Decomposed rel-pos table [2*size-1, D] -> [size (query), size (key), D].
 
-    Table rows are indexed by q_idx - k_idx + (size - 1); tables are built at native size, so no
-    interpolation is needed.
+    Row q_idx - k_idx + (size - 1) of the table; tables are built at native size, so no interpolation is
+    needed.
     """
-    b, h, w, nh, _ = q.shape
-    rh = table_h[jnp.arange(h)[:, None] - jnp.arange(h)[None, :] + (h - 1)]  # [h, kh, D]
-    rw = table_w[jnp.arange(w)[:, None] - jnp.arange(w)[None, :] + (w - 1)]  # [w, kw, D]
+    idx = jnp.arange(size)[:, None] - jnp.arange(size)[None, :] + (size - 1)
+    return table[idx]
+
+
+def rel_pos_bias(q: jax.Array, rh: jax.Array, rw: jax.Array) -> jax.Array:
+    """Decomposed relative-position bias (MViTv2) of a block of query rows against the whole grid.
+
+    q: [B, r, w, H, D] unscaled (r query grid rows, r = h for the whole grid), rh: [r, kh, D] (those rows of
+    `rel_pos_rows`), rw: [w, kw, D] -> [B, H, r*w, kh*kw].
+    """
+    b, r, w, nh, _ = q.shape
+    kh, kw = rh.shape[1], rw.shape[1]
     bh = jnp.einsum("byxnd,ykd->bnyxk", q, rh.astype(q.dtype))
     bw = jnp.einsum("byxnd,xkd->bnyxk", q, rw.astype(q.dtype))
-    bias = bh[..., :, None] + bw[..., None, :]  # [B, H, h, w, kh, kw]
-    return bias.reshape(b, nh, h * w, h * w)
+    bias = bh[..., :, None] + bw[..., None, :]  # [B, H, r, w, kh, kw]
+    return bias.reshape(b, nh, r * w, kh * kw)
+
+
+def rel_pos_attention(
+    q: jax.Array,
+    k: jax.Array,
+    v: jax.Array,
+    rh: jax.Array,
+    rw: jax.Array,
+    *,
+    q_chunk: int = 0,
+    impl: str = "xla",
+) -> jax.Array:
+    """Attention with SAM's decomposed rel-pos bias over a [h, w] grid; q/k/v [B, h, w, H, D] -> [B, h*w, H, D].
+
+    `q_chunk` = 0 (or >= h*w) builds the [B, H, h*w, h*w] bias and logits at once. Otherwise the queries run
+    in chunks of `q_chunk` tokens (whole grid rows) under `lax.map`, each chunk against all keys with its own
+    rows of the bias: per row the same logits, the same softmax over every key and the same PV product, so
+    the result is the dense one up to float rounding, while only [B, H, q_chunk, h*w] logits live at a time.
+    Each chunk is rematerialised in the backward pass, so a trainable trunk keeps that bound too (a frozen
+    one has no backward at all). At 1024 px (64x64 = 4096 tokens) the dense logits are 768 MiB per image
+    in f32; the 7B stage-2 batch puts 72 images on each chip.
+    """
+    b, h, w, nh, d = q.shape
+
+    def flat(a: jax.Array) -> jax.Array:
+        return a.reshape(b, h * w, nh, d)
+
+    if not q_chunk or q_chunk >= h * w:
+        return dot_product_attention(
+            flat(q), flat(k), flat(v), bias=rel_pos_bias(q, rh, rw), impl=impl
+        )
+    if q_chunk % w or h % (q_chunk // w):
+        raise ValueError(
+            f"q_chunk={q_chunk} is not a whole number of {w}-token rows dividing {h} rows"
+        )
+    rows = q_chunk // w
+    n = h // rows
+    kf, vf = flat(k), flat(v)
+    # [n, B, rows, w, H, D]: the chunk axis leads, B keeps its batch sharding
+    qs = q.reshape(b, n, rows, w, nh, d).swapaxes(0, 1)
+    rhs = rh.reshape(n, rows, rh.shape[1], rh.shape[2])  # [n, rows, kh, D]
+
+    def chunk(args):
+        qc, rhc = args
+        bias = rel_pos_bias(qc, rhc, rw)  # [B, H, rows*w, h*w]
+        return dot_product_attention(qc.reshape(b, rows * w, nh, d), kf, vf, bias=bias, impl=impl)
+
+    out = jax.lax.map(jax.checkpoint(chunk, prevent_cse=False), (qs, rhs))  # [n, B, rows*w, H, D]
+    return out.swapaxes(0, 1).reshape(b, h * w, nh, d)
 
 
 class SamBlock(nn.Module):
@@ -88,9 +149,15 @@ class SamBlock(nn.Module):
         init = boxed(nn.initializers.normal(0.02), ("rel_pos", "head_dim"))
         th = self.param("rel_pos_h", init, (2 * size - 1, hd), pdt)
         tw = self.param("rel_pos_w", init, (2 * size - 1, hd), pdt)
-        bias = rel_pos_bias(q, th, tw)
-        q, k, v = (a.reshape(bb, h * w, c.heads, hd) for a in (q, k, v))
-        a = dot_product_attention(q, k, v, bias=bias, impl=self.cfg.attention)
+        a = rel_pos_attention(
+            q,
+            k,
+            v,
+            rel_pos_rows(th, h),
+            rel_pos_rows(tw, w),
+            q_chunk=0 if self.window else c.global_attn_q_chunk,
+            impl=self.cfg.attention,
+        )
         a = dense(
             c.width,
             ("vit_heads", "head_dim", "vit_embed"),

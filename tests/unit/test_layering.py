@@ -18,7 +18,17 @@ import pytest
 PKG = os.path.join(
     os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))), "dsvl_jax"
 )
-ENTRY_SHIMS = ("aot", "chat", "convert", "demo", "evaluate", "launch_local", "plot", "sweep")
+ENTRY_SHIMS = (
+    "aot",
+    "chat",
+    "convert",
+    "demo",
+    "evaluate",
+    "launch_local",
+    "plot",
+    "rehearse",
+    "sweep",
+)
 LAYERS = (  # bottom to top; each entry: the units (package or top-level module names) of one layer
     ("errors", "compat", "__init__"),
     ("model",),
