@@ -166,6 +166,28 @@ def set_sources(
     )
 
 
+HELDOUT = (
+    "heldout"  # a source's held-out split lives in <its path>/heldout (data --holdout writes it)
+)
+
+
+def heldout_sources(c: ml_collections.ConfigDict) -> None:
+    """eval.sources = the held-out split of every data source: the same names, weights, groups and kinds,
+    path <data.sources.<name>.path>/heldout, which follows a --config.data.sources.<name>.path override
+    (so a run evaluates on its own data's split, never on a default path it does not train on)."""
+    c.eval.sources = ml_collections.ConfigDict(
+        {
+            name: {
+                "path": s.get_ref("path") + f"/{HELDOUT}",
+                "weight": s.weight,
+                "group": s.group,
+                "kind": s.kind,
+            }
+            for name, s in c.data.sources.items()
+        }
+    )
+
+
 def text_share(mix: Mapping[str, float]) -> float:
     """The language share of samples a mix states: mix["text"] / the sum of its weights."""
     return mix.get("text", 0.0) / math.fsum(mix.values())

@@ -12,10 +12,18 @@ Recipe (docs/recipe.md#training-stages-table-4): Table 4's stage-1 column; data
 Sequence length: Table 4's 512 counts text tokens only (`text_len`). Each sample also holds one
 image of `num_image_tokens` (576) tokens, so a 512-token row would reject every sample; real rows are
 train.seq_len = round_up(576 + 512, 128) = 1152. Held-out loss every 1000 steps on
-<data_root>/heldout/dsvl_<kind> of each source.
+the held-out split of each source
+(<its path>/heldout, `python -m dsvl_jax.data prepare|generate --holdout`).
 """
 
-from dsvl_jax.config import REAL_SIZES, base_config, set_sources, size_defaults, text_share
+from dsvl_jax.config import (
+    REAL_SIZES,
+    base_config,
+    heldout_sources,
+    set_sources,
+    size_defaults,
+    text_share,
+)
 from dsvl_jax.model.config import model_config_from_dict
 from dsvl_jax.train.optim import STAGE_TRAINABLE
 
@@ -55,7 +63,7 @@ def get_config(arg: str = "tiny"):
     set_sources(c.data, c, MIX)
     if real:
         c.init_from = c.data.tokenizer  # the released model's HF folder: weights + tokenizer.json
-        set_sources(c.eval, c, MIX, folder="heldout")
+        heldout_sources(c)
         c.eval.every_steps = 1000
     else:
         c.checkpoint.every_steps = 50

@@ -13,11 +13,19 @@ The 1.3B also mixes in SFT conversations (the paper: "a small share", not quanti
 gives them weight 1.0 among the multimodal weights (30.0 -> 31.0, ~3% of multimodal samples, ~1% of
 all). Every source reads its embedded stand-in kind by default (dsvl_jax/config.py STAND_IN_KINDS);
 point --config.data.sources.<name>.path at the prepared corpus. Held-out loss every 1000 steps on
-<data_root>/heldout/dsvl_<kind> of each source.
+the held-out split of each source
+(<its path>/heldout, `python -m dsvl_jax.data prepare|generate --holdout`).
 Recipe: docs/recipe.md#training-stages-table-4 (hyper-parameters), docs/recipe.md#stage-2-table-1 (mix).
 """
 
-from dsvl_jax.config import REAL_SIZES, base_config, set_sources, size_defaults, text_share
+from dsvl_jax.config import (
+    REAL_SIZES,
+    base_config,
+    heldout_sources,
+    set_sources,
+    size_defaults,
+    text_share,
+)
 from dsvl_jax.train.optim import STAGE_TRAINABLE
 
 # Table 4, stage-2 columns (AdamW betas, clipping, weight decay: the base defaults). Step schedule:
@@ -75,7 +83,7 @@ def get_config(arg: str = "tiny"):
         mix = {**MIX, **(SFT_1_3B if size == "1.3b" else {})}
         set_sources(c.data, c, mix)
         c.data.text_ratio = text_share(MIX)  # from Table 1 alone: 0.7
-        set_sources(c.eval, c, mix, folder="heldout")
+        heldout_sources(c)
         c.eval.every_steps = 1000
         c.data.modality_warmup_steps = 2000
         c.data.one_modality_per_batch = True

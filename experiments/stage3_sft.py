@@ -9,11 +9,19 @@ projected; 7B 7.8 GiB/chip, ~1.55 s/step projected.
 Data: Table 2's classes with its shares (MIX); data.text_ratio = text-only SFT / total = 0.479. Every
 source reads its embedded stand-in kind by default (dsvl_jax/config.py STAND_IN_KINDS); point
 --config.data.sources.<name>.path at the prepared SFT corpus. Held-out loss and answer accuracy every
-1000 steps on <data_root>/heldout/dsvl_<kind> of each source (tiny: the chart questions).
+1000 steps on the held-out split of each source
+(<its path>/heldout, `python -m dsvl_jax.data prepare|generate --holdout`) (tiny: the chart questions).
 Recipe: docs/recipe.md#training-stages-table-4 (hyper-parameters), docs/recipe.md#stage-3-table-2 (mix).
 """
 
-from dsvl_jax.config import REAL_SIZES, base_config, set_sources, size_defaults, text_share
+from dsvl_jax.config import (
+    REAL_SIZES,
+    base_config,
+    heldout_sources,
+    set_sources,
+    size_defaults,
+    text_share,
+)
 from dsvl_jax.train.optim import STAGE_TRAINABLE
 
 # Table 4, stage-3 columns: identical for 1.3B and 7B (AdamW betas, clipping, weight decay: the
@@ -48,7 +56,7 @@ def get_config(arg: str = "tiny"):
     mix = MIX if real else TINY_MIX
     set_sources(c.data, c, mix)
     c.data.text_ratio = text_share(mix)  # real: 0.479; tiny: 0 (no text source)
-    set_sources(c.eval, c, mix, folder="heldout")
+    heldout_sources(c)
     c.eval.every_steps = 1000 if real else c.train.steps // 4
     c.eval.qa_items = 64
     if real:

@@ -6,8 +6,9 @@ prepare --format F --input PATH --out DIR: your data -> ArrayRecord shards (a tf
 generate --out DIR [--kinds K1,K2] [--n N] [--tokenizer_vocab V]: the embedded synthetic corpus,
   one dataset per kind under DIR/dsvl_<kind>/, plus a SentencePiece tokenizer trained on it.
 inspect DIR [--out sheet.png]: a PNG contact sheet of samples from the datasets under DIR.
---holdout F (prepare, generate): also write a held-out split, F of the records, under OUT/heldout/,
-  where the real-size experiment configs look for their evaluation data.
+--holdout F (prepare, generate): also write a held-out split, F of the records, next to each dataset
+  (prepare: OUT/heldout/, generate: OUT/dsvl_<kind>/heldout/): a source at path P evaluates on
+  P/heldout in the real-size experiment configs.
 """
 
 from __future__ import annotations
@@ -75,8 +76,9 @@ def define_flags() -> None:
     flags.DEFINE_float(
         "holdout",
         0.0,
-        "prepare/generate: also write this share of records to OUT/heldout/ (the held-out split "
-        "the real-size configs evaluate on; prepare draws it by record id, generate draws new ones).",
+        "prepare/generate: also write this share of records as the dataset's held-out split "
+        "(<dataset>/heldout, what the real-size configs evaluate on; prepare draws it by record id, "
+        "generate draws new records).",
     )
     flags.DEFINE_bool("progress", True, "Show progress bars (stderr).")
 

@@ -208,13 +208,14 @@ def generate_corpus(
     holdout: float = 0.0,
 ) -> dict[str, str]:
     """Write the embedded corpus, one dataset per kind; returns {kind: dataset dir}. `holdout` > 0 also
-    writes round(n * holdout) (at least 1) other records of each kind (seed + 1) under data_dir/heldout."""
+    writes round(n * holdout) (at least 1) other records of each kind (seed + 1), the kind's held-out
+    split, under data_dir/dsvl_<kind>/heldout."""
     if not 0.0 <= holdout < 1.0:
         raise ConfigError(f"holdout={holdout}: a share in [0, 1)")
-    if holdout:
+    for kind in kinds if holdout else ():
         generate_corpus(
-            kinds,
-            os.path.join(data_dir, HELDOUT_DIR),
+            (kind,),
+            os.path.join(data_dir, f"dsvl_{kind}", shards.HELDOUT),
             n=max(1, round(n * holdout)),
             seed=seed + 1,
             image_size=image_size,
@@ -282,9 +283,6 @@ class DsvlImported(ShardBuilder):
         rep = self.counter.report()
         rep["skipped_ids"] = rep["skipped_ids"][:MAX_REPORT_IDS_IN_METADATA]
         self.info.metadata.update({"format": self.fmt, "import_report": rep})
-
-
-HELDOUT_DIR = "heldout"  # <out>/heldout/<dataset>: the held-out split `--holdout` writes
 
 
 def is_heldout(record_id: str, share: float) -> bool:
@@ -361,7 +359,7 @@ def prepare(
     report = {"format": fmt, "dataset_dir": d, **counter.report()}
     if holdout:
         held = DsvlImported(
-            data_dir=os.path.join(data_dir, HELDOUT_DIR),
+            data_dir=os.path.join(data_dir, shards.HELDOUT),
             fmt=fmt,
             input_path=input_path,
             counter=SkipCounter(input_path, 1.0),  # the skips were counted by the first pass

@@ -32,8 +32,12 @@ HINT = (
 )
 
 
+HELDOUT = "heldout"  # <source>/heldout holds a source's held-out split: not part of the source
+
+
 def find_datasets(path: str, max_depth: int = 4) -> list[str]:
-    """Dataset (version) directories at or below `path`, sorted."""
+    """Dataset (version) directories at or below `path`, sorted; a `heldout` folder below `path` is the
+    held-out split of what is above it and is not searched (open `path/heldout` to read it)."""
     if not os.path.isdir(path):
         raise DataNotFound(f"prepared data dir {path} does not exist; {HINT}")
     found, base = [], path.rstrip(os.sep).count(os.sep)
@@ -43,7 +47,7 @@ def find_datasets(path: str, max_depth: int = 4) -> list[str]:
             dirs[:] = []
         elif root.count(os.sep) - base >= max_depth:
             dirs[:] = []
-        dirs[:] = [d for d in dirs if not d.startswith(".") and d != "downloads"]
+        dirs[:] = [d for d in dirs if not d.startswith(".") and d not in ("downloads", HELDOUT)]
     return sorted(found)
 
 

@@ -31,7 +31,7 @@ SUMMARY_KEYS = ("eval_accuracy", "eval_chance", "eval_accuracy_swapped_images", 
 
 def make_corpus(corpus, data_root: str) -> None:
     """Every corpus kind (charts `n_chart` times, the others `n`), `heldout_n` held-out charts under
-    data_root/heldout, and data_root/tokenizer.model; folders already written are reused."""
+    data_root/dsvl_chart/heldout, and data_root/tokenizer.model; folders already written are reused."""
     dirs = builders.generate_corpus(
         [k for k in records.KINDS if k != "chart"],
         data_root,
@@ -46,7 +46,7 @@ def make_corpus(corpus, data_root: str) -> None:
     )
     builders.generate_corpus(
         ("chart",),
-        os.path.join(data_root, "heldout"),
+        os.path.join(data_root, "dsvl_chart", "heldout"),
         n=corpus.heldout_n,
         seed=corpus.seed + 1,
         image_size=corpus.image_size,

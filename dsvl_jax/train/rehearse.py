@@ -70,9 +70,10 @@ def rehearsal_config(
     # a recipe that loses most samples stops early (the report names what was lost)
     d.max_skip_rate, d.min_seen = 0.5, 20
     c.data_root = root
-    for section, folder in ((d, ""), (c.eval, "heldout")):
-        for s in section.sources.values():
-            s.path = os.path.join(root, folder, f"dsvl_{s.kind}")
+    for s in d.sources.values():
+        s.path = os.path.join(root, f"dsvl_{s.kind}")
+    for s in c.eval.sources.values():
+        s.path = os.path.join(root, f"dsvl_{s.kind}", shards.HELDOUT)
     d.tokenizer = os.path.join(root, "tokenizer")
     c.init_from = ""
     c.checkpoint.every_steps = steps
@@ -90,11 +91,9 @@ def prepare_data(c: ml_collections.ConfigDict) -> None:
     root = c.data_root
     kinds = sorted({s.kind for s in c.data.sources.values()})
     builders.generate_corpus(kinds, root, n=CORPUS_N, image_size=px)
-    held = sorted({s.kind for s in c.eval.sources.values()})
-    if held:
-        builders.generate_corpus(
-            held, os.path.join(root, "heldout"), n=HELDOUT_N, seed=1, image_size=px
-        )
+    for kind in sorted({s.kind for s in c.eval.sources.values()}):
+        held = os.path.join(root, f"dsvl_{kind}", shards.HELDOUT)
+        builders.generate_corpus((kind,), held, n=HELDOUT_N, seed=1, image_size=px)
     if not os.path.isfile(os.path.join(c.data.tokenizer, "tokenizer.json")):
         every = builders.generate_corpus(records.KINDS, os.path.join(root, "tok"), n=CORPUS_N)
         tokenizer.deepseek_stand_in(shards.iter_examples(every.values()), c.data.tokenizer)

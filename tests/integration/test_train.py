@@ -41,7 +41,9 @@ CLI_OVERRIDES = [
 def data_root(tmp_path_factory):
     root = tmp_path_factory.mktemp("data")
     dirs = builders.generate_corpus(records.KINDS, str(root), n=16, seed=0, image_size=64)
-    builders.generate_corpus(("chart",), str(root / "heldout"), n=8, seed=1, image_size=64)
+    builders.generate_corpus(
+        ("chart",), str(root / "dsvl_chart" / "heldout"), n=8, seed=1, image_size=64
+    )
     ex = [shards.open_source(d)[i] for d in dirs.values() for i in range(16)]
     tokenizer.train_on_examples(ex, 400, out=str(root / "tokenizer.model"))
     return str(root)

@@ -195,7 +195,11 @@ def test_real_mixes_follow_tables_1_and_2(size):
         assert c.eval.every_steps == 1000
         assert set(c.eval.sources) == set(c.data.sources)
         for name, s in c.eval.sources.items():
-            assert s.path == c.data.sources[name].path.replace("/dsvl_", "/heldout/dsvl_")
+            assert s.path == c.data.sources[name].path + "/heldout"
+        # the split follows the data path when a run points a source at its own corpus
+        o = c.unlock()
+        o.data.sources[name].path = "/corpora/mine"
+        assert o.eval.sources[name].path == "/corpora/mine/heldout"
 
 
 STAND_INS = {"web_code": "screenshot", "scene_ocr": "ocr", "doc_ocr": "pdf", "general": "caption"}
@@ -205,13 +209,13 @@ STAND_INS.update(in_house="interleaved", sft="chart")
 @pytest.mark.parametrize("size", ["tiny", "1.3b", "7b"])
 @pytest.mark.parametrize("stage", sorted(STAGE_FILES))
 def test_every_source_names_a_corpus_kind(stage, size):
-    """Each source reads <data_root>[/heldout]/dsvl_<kind> of an embedded corpus kind by default;
+    """Each source reads <data_root>/dsvl_<kind>[/heldout] of an embedded corpus kind by default;
     text sources form the language group."""
     from dsvl_jax.data.records import KINDS
 
     c = _experiment(STAGE_FILES[stage], size)
-    for section in (c.data, c.eval):
+    for section, tail in ((c.data, ""), (c.eval, "/heldout")):
         for name, s in section.sources.items():
             assert s.kind == STAND_INS.get(name, name) and s.kind in KINDS, (name, s.kind)
-            assert s.path.endswith(f"/dsvl_{s.kind}") and s.path.startswith(c.data_root)
+            assert s.path == f"{c.data_root}/dsvl_{s.kind}{tail}"
             assert s.group == ("text" if s.kind == "text" else "multimodal")

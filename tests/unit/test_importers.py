@@ -319,8 +319,11 @@ def test_holdout_split_by_record_id(tmp_path):
     assert not train & held and train | held == {f"t{i}" for i in range(200)}
     assert 20 <= len(held) == res.report["heldout_records"] <= 60
     assert held == {f"t{i}" for i in range(200) if builders.is_heldout(f"t{i}", 0.2)}
+    # OUT opens as the training split (its heldout/ is not part of it), OUT/heldout as the held-out one
+    assert len(shards.open_source(str(tmp_path / "out"))) == len(train)
+    assert len(shards.open_source(str(tmp_path / "out" / "heldout"))) == len(held)
     dirs = builders.generate_corpus(("caption",), str(tmp_path / "gen"), n=8, holdout=0.25)
-    held_dir = tmp_path / "gen" / "heldout" / "dsvl_caption"
+    held_dir = tmp_path / "gen" / "dsvl_caption" / "heldout"
     got = {
         ex.id
         for ex in shards.iter_examples([str(p.parent) for p in held_dir.rglob("dataset_info.json")])
