@@ -167,7 +167,10 @@ def run(
     if "verbose" not in FLAGS:
         flags.DEFINE_bool("verbose", False, "On an error, also print the full traceback.")
     if any(a in HELP_ARGS for a in _flag_args(argv)[1:]):
-        print(help_text(name, doc, example, [module, __name__]))
+        try:
+            print(help_text(name, doc, example, [module, __name__]), flush=True)
+        except BrokenPipeError:  # `--help | head`
+            sys.stdout = open(os.devnull, "w")  # noqa: SIM115 - nothing more is written
         sys.exit(0)
 
     def parse(args: list[str]) -> list[str]:

@@ -3,8 +3,9 @@
 Runs the experiment config as it is (row length, 384/1024 px images and 576 image tokens each, image
 slots, packing, mixture and modality warm-up, system prompt, template, DeepSeek's vocabulary size and
 special ids, stage freezing, micro-batches) with the towers' and the LLM's widths and depths shrunk,
-the batch cut to a few rows, on the embedded corpus rendered at the config's image sizes under
-WORKDIR/data (nothing downloaded). Shows progress, then prints one JSON line: config, steps,
+one row per micro-batch and device, on the embedded corpus rendered at the config's image sizes
+under --data (default WORKDIR/data; reused when present; nothing downloaded); the run goes to
+WORKDIR/run. Shows progress, then prints one JSON line: config, steps,
 samples_seen, samples_dropped (and reasons, ids), samples_split, text_chunks, row_fill,
 image_slot_fill, loss_first, loss_last, eval_loss. Exit 1 when any sample was dropped: every record
 of the embedded corpus is well-formed, so a drop means the recipe's shapes lose real data.
