@@ -5,7 +5,7 @@ SigLIP train; the SAM trunk stays frozen.
       --workdir=runs/7b/stage3
 Arg: tiny | 1.3b | 7b. Loss only on answers (and their EOS); no packing (Table 4).
 Hardware (AOT check, launch/POD.md): v5p-256, 1 micro-batch: 1.3B 4.8 GiB/chip, ~0.37 s/step
-projected; 7B 7.8 GiB/chip, ~1.55 s/step projected.
+projected; 7B 9.3 GiB/chip, ~1.55 s/step projected.
 Data: Table 2's classes with its shares (MIX); data.text_ratio = text-only SFT / total = 0.479. Every
 source reads its embedded stand-in kind by default (dsvl_jax/config.py STAND_IN_KINDS); point
 --config.data.sources.<name>.path at the prepared SFT corpus. Held-out loss and answer accuracy every
@@ -61,5 +61,5 @@ def get_config(arg: str = "tiny"):
     c.eval.qa_items = 64
     if real:
         c.init_from = f"runs/{size}/stage2"
-        c.train.microbatches = 1  # fits v5p-256 (AOT, splash: 1.3B 4.8 GiB/chip, 7B 7.8 GiB/chip)
+        c.train.microbatches = 1  # fits v5p-256 (AOT, splash: 1.3B 4.8 GiB/chip, 7B 9.3 GiB/chip)
     return c.lock()

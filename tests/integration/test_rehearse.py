@@ -61,6 +61,14 @@ def test_shipped_recipe_rehearses_without_losing_data(stage, size, data_dirs, tm
         recs = [json.loads(ln) for ln in f]
     train_recs = [r for r in recs if "loss_step" in r]
     assert len(train_recs) == STEPS[stage]
+    # every record: interval loss, per-source losses, fill, and the pipeline's counters
+    sources = set(run["data"]["sources"])
+    for r in train_recs:
+        assert {"loss", "row_fill", "samples_seen", "samples_dropped", "samples_split"} <= set(r)
+        assert {k.split("/", 1)[1] for k in r if k.startswith("loss/")} <= sources
+        assert any(k.startswith("loss/") for k in r)
+    (ev,) = [r for r in recs if "eval_loss" in r]
+    assert {f"eval_loss/{s}" for s in out["eval_sources"]} <= set(ev)
     if stage == "stage1_aligner":
         assert run["train"]["seq_len"] == 1152 and out["row_fill"] > 0.5  # 576 + 512, padded to 128
     if stage == "stage2_pretrain":
