@@ -143,6 +143,11 @@ def generate() -> None:
     print(
         f"generated {len(dirs)} corpora x {n} records (seed {FLAGS.seed}, {FLAGS.image_size} px) in {FLAGS.out}: "
         + ", ".join(os.path.relpath(d, FLAGS.out) for d in dirs.values())
+        + (
+            f"; held-out splits ({max(1, round(n * FLAGS.holdout))} records each) in dsvl_<kind>/heldout"
+            if FLAGS.holdout
+            else ""
+        )
     )
     if FLAGS.tokenizer_vocab:
         path = os.path.join(FLAGS.out, "tokenizer.model")
