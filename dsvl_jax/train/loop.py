@@ -120,9 +120,9 @@ def setup(cfg, workdir: str) -> Run:
     )
     state, meta = _initial_state(cfg, mcfg, factory, ckpts, data_iter, init)
     start = int(meta.get("loop_step", 0))
-    tracker = _tracker(cfg, mcfg, workdir, main, start, skipped=int(meta.get("skipped_steps", 0)))
-    tracker.sources = pipeline.source_labels(cfg.data)
-    tracker.data_stats = lambda: pipeline.iterator_stats(data_iter)
+    tracker = _tracker(
+        cfg, mcfg, workdir, main, start, int(meta.get("skipped_steps", 0)), data_iter
+    )
     return Run(
         cfg,
         mcfg,
@@ -169,7 +169,9 @@ def _initial_state(cfg, mcfg, factory, ckpts, data_iter, init) -> tuple[TrainSta
     return state, {}
 
 
-def _tracker(cfg, mcfg, workdir: str, main: bool, start: int, skipped: int) -> StepTracker:
+def _tracker(
+    cfg, mcfg, workdir: str, main: bool, start: int, skipped: int, data_iter
+) -> StepTracker:
     t = cfg.train
     logger = MetricsLogger(
         workdir,
@@ -188,6 +190,8 @@ def _tracker(cfg, mcfg, workdir: str, main: bool, start: int, skipped: int) -> S
         flops_per_step=flops,
         peak_flops=peak,
         skipped_total=skipped,
+        sources=pipeline.source_labels(cfg.data),
+        data_stats=lambda: pipeline.iterator_stats(data_iter),
     )
 
 

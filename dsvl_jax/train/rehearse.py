@@ -31,6 +31,7 @@ from dsvl_jax.errors import Error
 from dsvl_jax.model.config import model_config_from_dict
 from dsvl_jax.train.logger import METRICS_FILE, read_metrics
 from dsvl_jax.train.loop import train
+from dsvl_jax.train.tracker import data_totals
 
 
 class RehearsalFailed(Error, RuntimeError):
@@ -43,7 +44,7 @@ SHRINK = {
     "sam": dict(width=32, depth=2, heads=2, mlp_dim=64, global_attn_indexes=(1,), out_chans=16),
     "llm": dict(hidden=64, layers=2, heads=4, kv_heads=4, head_dim=16, mlp_dim=128),
 }
-CORPUS_N, HELDOUT_N = 24, 8  # records per source kind (they repeat), held-out records per kind
+CORPUS_N, HELDOUT_SHARE = 24, 1 / 3  # records per kind (they repeat); held-out: 8 more per kind
 LOSS_CHUNK_MAX = 1024  # tokens per output-head chunk: no [rows, seq, 102400] logits
 
 
@@ -84,44 +85,49 @@ def rehearsal_config(
 
 
 def prepare_data(c: ml_collections.ConfigDict) -> None:
-    """The embedded corpus of each source's kind at the config's largest image size (and the held-out
-    split of the eval sources), plus the DeepSeek-layout tokenizer built on it."""
+    """The embedded corpus of each source's kind at the config's largest image size (with its held-out
+    split when the config evaluates), plus the DeepSeek-layout tokenizer built on it."""
     m = model_config_from_dict(c.model)
     px = max(m.siglip.image_size, m.sam.image_size if m.hybrid else 0)
     root = c.data_root
-    kinds = sorted({s.kind for s in c.data.sources.values()})
-    builders.generate_corpus(kinds, root, n=CORPUS_N, image_size=px)
-    for kind in sorted({s.kind for s in c.eval.sources.values()}):
-        held = os.path.join(root, f"dsvl_{kind}", shards.HELDOUT)
-        builders.generate_corpus((kind,), held, n=HELDOUT_N, seed=1, image_size=px)
+    sources = [*c.data.sources.values(), *c.eval.sources.values()]
+    kinds = sorted({s.kind for s in sources})
+    holdout = HELDOUT_SHARE if c.eval.sources else 0.0
+    builders.generate_corpus(kinds, root, n=CORPUS_N, image_size=px, holdout=holdout)
     if not os.path.isfile(os.path.join(c.data.tokenizer, "tokenizer.json")):
         every = builders.generate_corpus(records.KINDS, os.path.join(root, "tok"), n=CORPUS_N)
         tokenizer.deepseek_stand_in(shards.iter_examples(every.values()), c.data.tokenizer)
 
 
 def report(name: str, workdir: str, stats: dict, steps: int) -> dict:
-    """The rehearsal's figures from the run's metrics.jsonl and data counters."""
+    """The rehearsal's figures from the run's metrics.jsonl (read once) and data counters."""
     path = os.path.join(workdir, METRICS_FILE)
-    recs = [r for r in read_metrics(path) if "loss_step" in r] if os.path.exists(path) else []
+    recs = read_metrics(path) if os.path.exists(path) else []
+    train_recs = [r for r in recs if "loss_step" in r]
+    evals = [r for r in recs if "eval_loss" in r]
+    totals = data_totals(stats)
     dropped: dict[str, int] = {}
     for c in stats.values():
         for reason, n in c["skipped"].items():
             dropped[reason] = dropped.get(reason, 0) + n
-    return {
+    out = {
         "config": name,
         "steps": steps,
-        "samples_seen": sum(c["seen"] for c in stats.values()),
-        "samples_dropped": sum(dropped.values()),
+        "samples_seen": totals["samples_seen"],
+        "samples_dropped": totals["samples_dropped"],
         "dropped_reasons": dropped,
         "dropped_ids": [i for c in stats.values() for i in c["skipped_ids"]][:20],
-        "samples_split": sum(c["split"] for c in stats.values()),
-        "text_chunks": sum(c["chunks"] for c in stats.values()),
-        "row_fill": float(np.mean([r["row_fill"] for r in recs])) if recs else 0.0,
-        "image_slot_fill": _mean([r.get("image_slot_fill") for r in recs]),
-        "loss_first": recs[0]["loss_step"] if recs else None,
-        "loss_last": recs[-1]["loss_step"] if recs else None,
-        "eval_loss": None,
+        "samples_split": totals["samples_split"],
+        "text_chunks": totals["text_chunks"],
+        "row_fill": _mean([r["row_fill"] for r in train_recs]) or 0.0,
+        "image_slot_fill": _mean([r.get("image_slot_fill") for r in train_recs]),
+        "loss_first": train_recs[0]["loss_step"] if train_recs else None,
+        "loss_last": train_recs[-1]["loss_step"] if train_recs else None,
+        "eval_loss": evals[-1]["eval_loss"] if evals else None,
     }
+    if evals:
+        out["eval_sources"] = sorted(k[len("eval_loss/") :] for k in evals[-1] if "/" in k)
+    return out
 
 
 def _mean(values) -> float | None:
@@ -140,10 +146,4 @@ def rehearse(cfg, name: str, workdir: str, steps: int, devices: int, data: str =
     except SkipRateError as e:  # most samples lost: report them
         return {**report(name, run, e.stats, steps), "error": str(e)}
     with open(os.path.join(run, "data_stats.json")) as f:
-        stats = json.load(f)
-    evals = [r for r in read_metrics(os.path.join(run, METRICS_FILE)) if "eval_loss" in r]
-    out = report(name, run, stats, steps)
-    if evals:
-        out["eval_loss"] = evals[-1]["eval_loss"]
-        out["eval_sources"] = sorted(k[len("eval_loss/") :] for k in evals[-1] if "/" in k)
-    return out
+        return report(name, run, json.load(f), steps)
