@@ -20,6 +20,9 @@ from dsvl_jax.model.sizes import model_config_dict
 
 # the released DeepSeek-VL sizes (the others are for tests and the demo)
 REAL_SIZES = ("1.3b", "7b")
+# Where the paper's path starts: `convert from-parts` of SigLIP-L/16-384 (+ SAM-B on 7B) and a
+# DeepSeek-LLM checkpoint writes this params checkpoint, with the LLM's tokenizer in tokenizer/.
+PARTS_CHECKPOINT = "ckpt/deepseek-vl-{size}-parts"
 
 
 def parallel_defaults() -> ml_collections.ConfigDict:
@@ -205,10 +208,12 @@ def embedded_tokenizer(c: ml_collections.ConfigDict) -> None:
 
 def size_defaults(c: ml_collections.ConfigDict, size: str) -> None:
     """What every stage of a size shares. Real sizes: bfloat16 compute with full remat (f32 master
-    weights), DeepSeek's tokenizer from the released HF folder, sparse logging; tiny sizes: the
-    embedded SentencePiece tokenizer and a log line every 10 steps."""
+    weights), the tokenizer `convert from-parts` stored with the composed checkpoint (DeepSeek-LLM's,
+    with the image token), sparse logging; tiny sizes: the embedded SentencePiece tokenizer and a
+    log line every 10 steps. Fine-tuning a released model instead: --config.init_from=HF_DIR
+    --config.data.tokenizer=HF_DIR."""
     if size in REAL_SIZES:
-        c.data.tokenizer = f"hf/deepseek-vl-{size}-base"  # HF folder: tokenizer.json (+ weights)
+        c.data.tokenizer = PARTS_CHECKPOINT.format(size=size) + "/tokenizer"
         c.model.dtype = "bfloat16"
         c.model.remat_policy = "full"
         c.checkpoint.every_steps, c.log.every_steps = 1000, 50

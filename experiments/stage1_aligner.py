@@ -2,8 +2,15 @@
 adaptor part: necks, downsample convs, alpha); the towers and the LLM stay frozen.
 
   python -m dsvl_jax.train --config=experiments/stage1_aligner.py:7b --workdir=runs/7b/stage1
-Arg: tiny | 1.3b | 7b. Real sizes start from the released HF weights (init_from) and use DeepSeek's
-tokenizer; tiny uses the embedded corpus and its SentencePiece model (`make demo`).
+Arg: tiny | 1.3b | 7b. Real sizes start where the paper starts: pretrained towers and LLM with a fresh
+adaptor, composed by `convert from-parts` into ckpt/deepseek-vl-<size>-parts (init_from; its tokenizer/
+is data.tokenizer):
+  python -m dsvl_jax.convert from-parts --siglip=hf/siglip-large-patch16-384 --sam=hf/sam-vit-base \
+      --llm=hf/deepseek-llm-7b-base --siglip_act=gelu --out=ckpt/deepseek-vl-7b-parts
+(1.3b: no --sam; its 1.3B DeepSeek-LLM was never released: any LLaMA-architecture LLM with
+model.llm.* set to its sizes). --siglip_act=gelu: DeepSeek ran the stock SigLIP weights with exact
+GELU, the released models' setting (model.siglip.act); train refuses an init_from whose architecture
+fields differ from the config's. Tiny uses the embedded corpus and its SentencePiece model (`make demo`).
 Hardware (AOT check, launch/POD.md): v5p-256, 1 micro-batch: 1.3B 1.4 GiB/chip, ~0.072 s/step
 projected (MFU 44%); 7B 2.7 GiB/chip, ~0.32 s/step projected (MFU 44%).
 Tiny: 2 CPU cores, a few minutes.
@@ -17,6 +24,7 @@ the held-out split of each source
 """
 
 from dsvl_jax.config import (
+    PARTS_CHECKPOINT,
     REAL_SIZES,
     base_config,
     heldout_sources,
@@ -62,7 +70,7 @@ def get_config(arg: str = "tiny"):
     c.data.text_ratio = text_share(MIX)  # 0: image-text pairs only
     set_sources(c.data, c, MIX)
     if real:
-        c.init_from = c.data.tokenizer  # the released model's HF folder: weights + tokenizer.json
+        c.init_from = PARTS_CHECKPOINT.format(size=size)  # convert from-parts
         heldout_sources(c)
         c.eval.every_steps = 1000
     else:

@@ -16,7 +16,7 @@ from dsvl_jax.checkpoints.params import save_params
 from dsvl_jax.checkpoints.sources import load_model, open_model
 from dsvl_jax.errors import ConfigError
 from dsvl_jax.interop.hf_export import save_hf
-from dsvl_jax.interop.hf_import import load_hf
+from dsvl_jax.interop.hf_import import folder_layout, load_hf
 from dsvl_jax.model.params import count_params
 
 HF_TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json")
@@ -40,6 +40,7 @@ def from_hf(hf_dir: str, out: str, scan_layers: bool = True) -> dict:
         "hf": hf_dir,
         "out": out,
         "vision": cfg.vision,
+        "layout": folder_layout(hf_dir),  # "transformers" or "release" (DeepSeek's original)
         "params": count_params(params),
         "tokenizer_files": copied,
         "seconds": round(time.time() - t0, 2),

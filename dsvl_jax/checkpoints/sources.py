@@ -7,7 +7,8 @@ Accepted folders (`kind`):
   run     a training workdir: its final/ params when the stage finished, else its latest step
   step    one step checkpoint of a run: RUN/checkpoints/<step> (params only, no optimizer state)
   params  a params checkpoint: model_config.json + params/ (what `final/` and `convert from-hf` write)
-  hf      a HuggingFace save_pretrained folder: config.json + safetensors
+  hf      a HuggingFace folder: config.json + safetensors, in transformers' DeepseekVL(Hybrid) layout
+          or DeepSeek's original release layout (`multi_modality`)
 `params(cfg, shardings)` may change non-shape fields of the config (dtype, remat, attention) and
 places the arrays with `shardings` (a tree like the params), else on the first device.
 """
@@ -25,7 +26,7 @@ from dsvl_jax.checkpoints import params as P
 from dsvl_jax.checkpoints import run as R
 from dsvl_jax.data.tokenizer import find_tokenizer
 from dsvl_jax.errors import CheckpointError
-from dsvl_jax.interop import hf_config, hf_import
+from dsvl_jax.interop import hf_import
 from dsvl_jax.model.config import ModelConfig, model_config_from_dict
 from dsvl_jax.model.params import Params
 
@@ -100,7 +101,7 @@ def open_model(path: str | os.PathLike) -> ModelSource:
             raise CheckpointError(
                 f"{path}: a run folder with neither {FINAL_DIR}/ nor a saved step yet"
             )
-        cfg = hf_config.from_hf(conf)
+        cfg = hf_import.read_config(path)  # transformers' layout or DeepSeek's original release
         tok = path if os.path.isfile(os.path.join(path, "tokenizer.json")) else None
         return ModelSource("hf", path, cfg, tok)
     raise CheckpointError(

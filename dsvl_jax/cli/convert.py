@@ -1,4 +1,4 @@
-"""Convert between a HuggingFace folder and a dsvl_jax checkpoint: from-hf | to-hf.
+"""Convert between HuggingFace folders and dsvl_jax checkpoints: from-hf | to-hf | from-parts.
 
 from-hf --hf DIR --out CKPT: config.json + safetensors of DeepseekVL(Hybrid)ForConditionalGeneration
 -> a params checkpoint (the folder's tokenizer files go to CKPT/tokenizer/).
@@ -6,7 +6,12 @@ to-hf --checkpoint SRC --out DIR: any model folder (a run dir, a step checkpoint
 checkpoint) -> an HF folder with the tokenizer, processor and chat-template files, so PyTorch users
 run AutoProcessor / DeepseekVL(Hybrid)ForConditionalGeneration.from_pretrained(DIR). The tokenizer is
 --tokenizer, by default the one stored with the model; --tokenizer=none exports the weights only.
-Neither direction needs torch. Prints one JSON line (files written, parameter count, seconds).
+from-parts --siglip DIR --llm DIR [--sam DIR] --out CKPT [--seed N]: the paper's stage-1 start, composed
+from separate HF parts (SiglipModel / SiglipVisionModel, SamModel / SamVisionModel, LlamaForCausalLM
+with its tokenizer): towers and LLM from the parts, adaptor / neck_hd / downsample convs / alpha
+initialised from --seed, the image token added to the tokenizer when it lacks one; hybrid when --sam
+is given. Writes CKPT/from_parts.json (every source tensor used or listed as ignored).
+None of them needs torch. Prints one JSON line (files written, parameter count, seconds).
 """
 
 from __future__ import annotations
@@ -19,8 +24,11 @@ from dsvl_jax.cli import command
 
 FLAGS = flags.FLAGS
 EXAMPLE = "python -m dsvl_jax.convert to-hf --checkpoint=runs/demo/stage3 --out=hf/demo"
-COMMANDS = ("from-hf", "to-hf")
-USAGE = "usage: convert from-hf --hf DIR --out CKPT | convert to-hf --checkpoint SRC --out DIR"
+COMMANDS = ("from-hf", "to-hf", "from-parts")
+USAGE = (
+    "usage: convert from-hf --hf DIR --out CKPT | convert to-hf --checkpoint SRC --out DIR | "
+    "convert from-parts --siglip DIR --llm DIR [--sam DIR] --out CKPT [--seed N]"
+)
 
 
 def define_flags() -> None:
@@ -32,7 +40,20 @@ def define_flags() -> None:
     flags.DEFINE_enum(
         "dtype", "float32", ["float32", "bfloat16", "float16"], "to-hf: tensor dtype written."
     )
-    flags.DEFINE_bool("scan_layers", True, "from-hf: store SigLIP/LLM blocks stacked for nn.scan.")
+    flags.DEFINE_bool(
+        "scan_layers", True, "from-hf / from-parts: store SigLIP/LLM blocks stacked for nn.scan."
+    )
+    flags.DEFINE_string("siglip", None, "from-parts: SiglipModel or SiglipVisionModel HF folder.")
+    flags.DEFINE_string("sam", None, "from-parts: SamModel or SamVisionModel HF folder (hybrid).")
+    flags.DEFINE_string("llm", None, "from-parts: LlamaForCausalLM HF folder with its tokenizer.")
+    flags.DEFINE_integer("seed", 0, "from-parts: seed of the freshly initialised parameters.")
+    flags.DEFINE_enum(
+        "siglip_act",
+        "",
+        ["", "gelu", "gelu_tanh"],
+        "from-parts: the SigLIP activation; default: the part's config.json (stock SigLIP: "
+        "gelu_tanh; DeepSeek-VL ran those weights with exact gelu).",
+    )
     flags.DEFINE_string(
         "tokenizer",
         "auto",
@@ -50,12 +71,26 @@ def main(argv: list[str]) -> None:
         raise app.UsageError(f"from-hf needs --hf DIR. {USAGE}")
     if argv[0] == "to-hf" and not FLAGS.checkpoint:
         raise app.UsageError(f"to-hf needs --checkpoint SRC. {USAGE}")
-    command.check_usage(paths=("hf", "checkpoint"))
+    if argv[0] == "from-parts" and not (FLAGS.siglip and FLAGS.llm):
+        raise app.UsageError(f"from-parts needs --siglip DIR and --llm DIR. {USAGE}")
+    command.check_usage(paths=("hf", "checkpoint", "siglip", "sam", "llm"))
     command.setup_logging()
-    from dsvl_jax.checkpoints import from_hf, to_hf
+    from dsvl_jax.checkpoints import compose, from_hf, to_hf
 
     if argv[0] == "from-hf":
         res = from_hf(FLAGS.hf, FLAGS.out, FLAGS.scan_layers)
+    elif argv[0] == "from-parts":
+        res = compose.summary(
+            compose.from_parts(
+                FLAGS.siglip,
+                FLAGS.llm,
+                FLAGS.out,
+                FLAGS.sam,
+                seed=FLAGS.seed,
+                scan_layers=FLAGS.scan_layers,
+                siglip_act=FLAGS.siglip_act,
+            )
+        )
     else:
         res = to_hf(FLAGS.checkpoint, FLAGS.out, FLAGS.dtype, FLAGS.tokenizer)
     print(json.dumps(res), flush=True)

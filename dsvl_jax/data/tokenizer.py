@@ -405,6 +405,58 @@ class HFTokenizer(Tokenizer):
         return self._tok.decode(ids, skip_special_tokens=skip_special)
 
 
+# tokenizer files that travel with tokenizer.json
+HF_SIDE_FILES = ("tokenizer_config.json", "special_tokens_map.json")
+
+
+def with_image_token(
+    source: str | os.PathLike, out_dir: str | os.PathLike
+) -> tuple[HFTokenizer, bool]:
+    """An LLM's HF tokenizer (tokenizer.json or its folder) copied to `out_dir`, with the image token
+    (`<image_placeholder>`) added as a special token when it has none: it takes the next free id,
+    the tokenizer's length. -> (the tokenizer at out_dir, whether the token was added)."""
+    from tokenizers import AddedToken
+    from tokenizers import Tokenizer as _HFTok
+
+    src = Path(source)
+    file = src / "tokenizer.json" if src.is_dir() else src
+    if not file.is_file():
+        raise FileNotFoundError(f"{src}: no tokenizer.json (the LLM's HF tokenizer is needed)")
+    tok = _HFTok.from_file(str(file))
+    added = tok.token_to_id(IMAGE_TAG) is None
+    if added:
+        tok.add_special_tokens([AddedToken(IMAGE_TAG, special=True, normalized=False)])
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    tok.save(str(out / "tokenizer.json"))
+    new_id = tok.token_to_id(IMAGE_TAG)
+    for name in HF_SIDE_FILES:
+        f = file.parent / name
+        if not f.is_file():
+            continue
+        conf = json.loads(f.read_text(encoding="utf-8"))
+        if added and name == "tokenizer_config.json":
+            extra = conf.get("extra_special_tokens")
+            conf["extra_special_tokens"] = {
+                **(extra if isinstance(extra, dict) else {}),
+                "image_token": IMAGE_TAG,
+            }
+            if isinstance(conf.get("added_tokens_decoder"), dict):
+                conf["added_tokens_decoder"][str(new_id)] = dict(
+                    content=IMAGE_TAG,
+                    lstrip=False,
+                    normalized=False,
+                    rstrip=False,
+                    single_word=False,
+                    special=True,
+                )
+        if added and name == "special_tokens_map.json":
+            more = conf.get("additional_special_tokens") or []
+            conf["additional_special_tokens"] = [*more, IMAGE_TAG]
+        (out / name).write_text(json.dumps(conf, indent=2, ensure_ascii=False), encoding="utf-8")
+    return HFTokenizer(out), added
+
+
 def load_tokenizer(path: str | os.PathLike) -> Tokenizer:
     """`*.model` -> SentencePieceTokenizer; `*.json` or a folder holding tokenizer.json -> HFTokenizer.
 

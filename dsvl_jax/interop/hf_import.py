@@ -1,10 +1,12 @@
 """HF DeepseekVL(Hybrid) folder (config.json + safetensors) -> dsvl_jax (ModelConfig, params).
 
-Needs neither torch nor transformers: safetensors is read as numpy. Every HF tensor is either mapped
-by the name table, or listed in hf_names.IGNORED (counted), or reported; every dsvl_jax parameter
-must be filled. Anything else is one CheckpointMismatch naming the HF tensors and both shapes in HF
-layout. To load any model folder (run dirs, params checkpoints, HF folders) use
-`dsvl_jax.checkpoints.open_model`; this module is the HF half of it.
+Reads transformers' layout and DeepSeek's original release layout (hf_release.py renames it first).
+Needs neither torch nor transformers: safetensors is read as numpy; PyTorch pickles are refused,
+never opened. Every HF tensor is either mapped by the name table, or listed in hf_names.IGNORED
+(counted), or reported; every dsvl_jax parameter must be filled. Anything else is one
+CheckpointMismatch naming the HF tensors and both shapes in HF layout. To load any model folder (run
+dirs, params checkpoints, HF folders) use `dsvl_jax.checkpoints.open_model`; this module is the HF
+half of it.
 """
 
 from __future__ import annotations
@@ -13,13 +15,14 @@ import dataclasses
 import json
 import logging
 import os
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
 from safetensors import safe_open
 
 from dsvl_jax.errors import CheckpointError, CheckpointMismatch
-from dsvl_jax.interop import hf_names
+from dsvl_jax.interop import hf_names, hf_release
 from dsvl_jax.interop.hf_config import from_hf
 from dsvl_jax.model.config import ModelConfig, dtype_name_to_numpy
 from dsvl_jax.model.params import Params, abstract_params, flatten, stack_layers, unflatten
@@ -29,20 +32,63 @@ log = logging.getLogger(__name__)
 
 def read_safetensors(folder: str) -> dict[str, np.ndarray]:
     """All tensors of a save_pretrained folder (single file or sharded with an index)."""
-    index = os.path.join(folder, "model.safetensors.index.json")
-    if os.path.exists(index):
-        with open(index) as f:
-            files = sorted(set(json.load(f)["weight_map"].values()))
-    elif os.path.exists(os.path.join(folder, "model.safetensors")):
-        files = ["model.safetensors"]
-    else:
-        raise CheckpointError(f"{folder}: no model.safetensors or model.safetensors.index.json")
     out: dict[str, np.ndarray] = {}
-    for f in files:
+    for f in _safetensors_files(folder):
         with safe_open(os.path.join(folder, f), framework="numpy") as st:
             for k in st.keys():  # noqa: SIM118 - safe_open is not a Mapping
                 out[k] = st.get_tensor(k)
     return out
+
+
+def safetensors_shapes(folder: str) -> dict[str, tuple[int, ...]]:
+    """The shape of every tensor of a folder, read from the safetensors headers (no tensor data)."""
+    out: dict[str, tuple[int, ...]] = {}
+    for f in _safetensors_files(folder):
+        with safe_open(os.path.join(folder, f), framework="numpy") as st:
+            for k in st.keys():  # noqa: SIM118 - safe_open is not a Mapping
+                out[k] = tuple(st.get_slice(k).get_shape())
+    return out
+
+
+# PyTorch pickles: loading one runs whatever code it names, so they are never opened, only named.
+PICKLE_SUFFIXES = (".bin", ".pt", ".pth")
+PICKLE_INDEX = "pytorch_model.bin.index.json"
+
+
+def _safetensors_files(folder: str) -> list[str]:
+    index = os.path.join(folder, "model.safetensors.index.json")
+    if os.path.exists(index):
+        with open(index) as f:
+            return sorted(set(json.load(f)["weight_map"].values()))
+    if os.path.exists(os.path.join(folder, "model.safetensors")):
+        return ["model.safetensors"]
+    names = os.listdir(folder) if os.path.isdir(folder) else []
+    pickles = sorted(n for n in names if n.endswith(PICKLE_SUFFIXES) or n == PICKLE_INDEX)
+    if pickles:
+        raise CheckpointError(_pickle_message(folder, pickles))
+    raise CheckpointError(f"{folder}: no model.safetensors or model.safetensors.index.json")
+
+
+def _pickle_message(folder: str, pickles: list[str]) -> str:
+    weights = [n for n in pickles if n != PICKLE_INDEX]
+    one = weights[0] if weights else "pytorch_model.bin"
+    sharded = PICKLE_INDEX in pickles or len(weights) > 1
+    dst = one.replace("pytorch_model", "model").rsplit(".", 1)[0] if sharded else "model"
+    msg = (
+        f"{folder}: the weights are PyTorch pickles ({', '.join(pickles)}), which dsvl_jax never "
+        "loads (unpickling runs any code the file names). Convert them to safetensors on a machine "
+        'where the file is trusted: python -c "import torch; from safetensors.torch import '
+        f"save_file; sd = torch.load('{one}', map_location='cpu', weights_only=True); "
+        f"save_file({{k: v.contiguous() for k, v in sd.items()}}, '{dst}.safetensors')\""
+    )
+    if sharded:
+        msg += (
+            ". Sharded: do the same for each shard (pytorch_model-0000i-of-0000n.bin -> "
+            "model-0000i-of-0000n.safetensors), then write model.safetensors.index.json as "
+            f'{{"weight_map": {{tensor: its .safetensors file}}}} (the weight_map of {PICKLE_INDEX} '
+            "with the file names changed)"
+        )
+    return msg
 
 
 def unrolled_shapes(cfg: ModelConfig) -> dict[str, tuple[int, ...]]:
@@ -58,30 +104,35 @@ def _hf_shape(transform: str, shape: tuple[int, ...]) -> tuple[int, ...]:
     )
 
 
-def import_tensors(
-    cfg: ModelConfig, tensors: dict[str, np.ndarray], source: str = "<tensors>"
-) -> Params:
-    """HF state dict -> params of `cfg` (scanned if cfg.scan_layers), or CheckpointMismatch."""
+def map_tensors(
+    cfg: ModelConfig,
+    tensors: dict[str, np.ndarray],
+    source: str = "<tensors>",
+    fresh: Callable[[str], bool] | None = None,
+) -> tuple[dict[str, np.ndarray], list[str]]:
+    """HF state dict -> ({unrolled param path: array in our layout}, [ignored HF keys]).
+
+    Every parameter of `cfg` must be filled except those `fresh(path)` accepts (a composed model's
+    newly initialised parts: convert from-parts); anything else is one CheckpointMismatch.
+    """
     expected = unrolled_shapes(cfg)
-    mapped: dict[
-        str, tuple[str, str, np.ndarray]
-    ] = {}  # canonical HF key -> (path, transform, tensor)
-    unexpected, ignored = [], 0
+    fresh = fresh or (lambda _: False)
+    # canonical HF key -> (path, transform, tensor)
+    mapped: dict[str, tuple[str, str, np.ndarray]] = {}
+    unexpected, ignored = [], []
     for key, w in tensors.items():
         canonical = hf_names.canonical_hf_key(key)
         hit = hf_names.hf_to_ours(key, cfg.vision)
         if hit is None or hit[0] not in expected:
-            if hf_names.is_ignored(canonical):
-                ignored += 1
-            else:
-                unexpected.append(key)
+            (ignored if hf_names.is_ignored(canonical) else unexpected).append(key)
             continue
         mapped[canonical] = (*hit, w)
     # Compared in HF names and layout: what the user sees in the safetensors files.
     want = {}
     for path, shape in expected.items():
         key, t = hf_names.ours_to_hf(path, cfg.vision)
-        want[key] = _hf_shape(t, shape)
+        if not fresh(path) or key in mapped:
+            want[key] = _hf_shape(t, shape)
     got = {k: tuple(w.shape) for k, (_, _, w) in mapped.items()}
     CheckpointMismatch.compare(source, want, got, unexpected=unexpected).raise_if_any()
     pdt = dtype_name_to_numpy(cfg.param_dtype)
@@ -89,26 +140,77 @@ def import_tensors(
         p: hf_names.TRANSFORMS[t].forward(np.asarray(w), expected[p]).astype(pdt)
         for p, t, w in mapped.values()
     }
+    return out, ignored
+
+
+def import_tensors(
+    cfg: ModelConfig, tensors: dict[str, np.ndarray], source: str = "<tensors>"
+) -> Params:
+    """HF state dict -> params of `cfg` (scanned if cfg.scan_layers), or CheckpointMismatch."""
+    out, ignored = map_tensors(cfg, tensors, source)
     if ignored:
         log.info(
             "%s: dropped %d tensors the model never reads (SigLIP head, unused norms)",
             source,
-            ignored,
+            len(ignored),
         )
     return unflatten(stack_layers(out) if cfg.scan_layers else out)
 
 
-def read_config(folder: str) -> ModelConfig:
+TRANSFORMERS, RELEASE = "transformers", "release"  # the two HF folder layouts read here
+
+
+def _config_json(folder: str) -> dict:
     cfg_path = os.path.join(folder, "config.json")
     if not os.path.exists(cfg_path):
         raise CheckpointError(f"{folder}: no config.json (expected a save_pretrained folder)")
     with open(cfg_path) as f:
-        return from_hf(json.load(f))
+        return json.load(f)
+
+
+def folder_layout(folder: str) -> str:
+    """RELEASE for DeepSeek's original `multi_modality` folders, else TRANSFORMERS."""
+    if not os.path.isfile(os.path.join(folder, "config.json")):
+        return TRANSFORMERS  # tensors alone (import_folder with a run's model config)
+    return RELEASE if hf_release.is_release_config(_config_json(folder)) else TRANSFORMERS
+
+
+def read_hf_config(folder: str) -> dict:
+    """The folder's config.json as transformers' DeepseekVL(Hybrid) config (release ones converted)."""
+    conf = _config_json(folder)
+    if not hf_release.is_release_config(conf):
+        return conf
+    return hf_release.hf_config_from_release(
+        conf,
+        safetensors_shapes(folder),
+        image_token_id=hf_release.image_token_id(folder),
+        source=os.path.join(folder, "config.json"),
+    )
+
+
+def read_config(folder: str) -> ModelConfig:
+    return from_hf(read_hf_config(folder))
+
+
+def read_hf_tensors(folder: str) -> dict[str, np.ndarray]:
+    """The folder's tensors in transformers' names and layouts (release tensors renamed)."""
+    tensors = read_safetensors(folder)
+    if folder_layout(folder) == RELEASE:
+        n = len(tensors)
+        tensors, ignored = hf_release.release_to_hf(tensors)
+        log.info(
+            "%s: original DeepSeek-VL layout: %d tensors renamed to transformers names, "
+            "%d ignored (attention-pool head, unused norms, RoPE buffers)",
+            folder,
+            n - len(ignored),
+            len(ignored),
+        )
+    return tensors
 
 
 def import_folder(folder: str, cfg: ModelConfig) -> Params:
     """The tensors of an HF folder as params of `cfg` (its own config.json or a run's model config)."""
-    return import_tensors(cfg, read_safetensors(folder), source=folder)
+    return import_tensors(cfg, read_hf_tensors(folder), source=folder)
 
 
 def load_hf(folder: str, **overrides: Any) -> tuple[ModelConfig, Params]:

@@ -246,6 +246,46 @@ def validate(cfg: ModelConfig) -> None:
         )
 
 
+# Fields that say how to run the model, not what function its weights compute: a run may choose them
+# freely whatever checkpoint it starts from (llm.max_position: RoPE has no learned table).
+RUNTIME_FIELDS = frozenset(
+    {
+        "dtype",
+        "param_dtype",
+        "scan_layers",
+        "remat_policy",
+        "attention",
+        "sam.global_attn_q_chunk",
+        "llm.max_position",
+    }
+)
+
+
+def _fields(cfg: ModelConfig) -> dict[str, Any]:
+    out = {}
+    for k, v in cfg.to_dict().items():
+        if isinstance(v, dict):
+            out.update(
+                {f"{k}.{kk}": tuple(vv) if isinstance(vv, list) else vv for kk, vv in v.items()}
+            )
+        else:
+            out[k] = v
+    if not cfg.hybrid:  # a SigLIP-only model has no SAM: its defaults mean nothing
+        out = {k: v for k, v in out.items() if not k.startswith("sam.")}
+    return out
+
+
+def architecture_diff(ours: ModelConfig, theirs: ModelConfig) -> dict[str, tuple[Any, Any]]:
+    """{field: (ours, theirs)} for every field that changes what the weights compute (everything but
+    RUNTIME_FIELDS): a run started from a checkpoint must agree with it on all of them."""
+    a, b = _fields(ours), _fields(theirs)
+    return {
+        k: (a.get(k), b.get(k))
+        for k in sorted(set(a) | set(b))
+        if k not in RUNTIME_FIELDS and a.get(k) != b.get(k)
+    }
+
+
 def dtype_name_to_numpy(name: str):
     """'bfloat16' etc. -> a numpy dtype (bfloat16 via ml_dtypes, which jax ships)."""
     import ml_dtypes

@@ -55,6 +55,20 @@ def init_params(cfg: ModelConfig, rng: jax.Array | int = 0) -> Params:
     return nn.meta.unbox(jax.jit(lambda r: init_boxed(cfg, r))(rng))
 
 
+def init_subset(cfg: ModelConfig, paths, rng: jax.Array | int = 0) -> dict[str, jax.Array]:
+    """Some parameters of `init_params(cfg, rng)`, by flat path, with the same values, without
+    materialising the others: jit drops every initializer whose output is not returned, so a 7B
+    model's fresh adaptor costs the adaptor's memory only."""
+    rng = jax.random.key(rng) if isinstance(rng, int) else rng
+    paths = tuple(paths)
+
+    def pick(r):
+        flat = flatten(nn.meta.unbox(init_boxed(cfg, r)))
+        return {p: flat[p] for p in paths}
+
+    return jax.jit(pick)(rng)
+
+
 def flatten(tree: Params, sep: str = "/") -> dict[str, Any]:
     """Nested dict -> {'a/b/c': leaf}."""
     out: dict[str, Any] = {}

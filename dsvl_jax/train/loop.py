@@ -29,7 +29,7 @@ from dsvl_jax.checkpoints.run import saved_steps
 from dsvl_jax.checkpoints.sources import RUN_CONFIG, STEPS_DIR
 from dsvl_jax.data import pipeline
 from dsvl_jax.errors import CheckpointError, ConfigError, Preempted
-from dsvl_jax.model.config import ModelConfig, model_config_from_dict
+from dsvl_jax.model.config import ModelConfig, architecture_diff, model_config_from_dict
 from dsvl_jax.model.params import abstract_params, flatten
 from dsvl_jax.parallel import distributed
 from dsvl_jax.parallel.mesh import build_mesh
@@ -201,9 +201,25 @@ def _init_source(cfg, workdir: str) -> ModelSource | None:
     if not cfg.init_from or saved_steps(os.path.join(workdir, STEPS_DIR)):
         return None
     try:
-        return open_model(cfg.init_from)
+        src = open_model(cfg.init_from)
     except CheckpointError as e:
         raise ConfigError(f"init_from={cfg.init_from}: {e}") from e
+    diff = architecture_diff(model_config_from_dict(cfg.model), src.cfg)
+    if diff:
+        fix = " ".join(f"--config.model.{k}={_flag_value(v)}" for k, (_, v) in diff.items())
+        raise ConfigError(
+            f"init_from={cfg.init_from}: its model differs from this run's in "
+            + ", ".join(f"model.{k} (config {a!r}, checkpoint {b!r})" for k, (a, b) in diff.items())
+            + f"; run with the checkpoint's: {fix}"
+        )
+    return src
+
+
+def _flag_value(v) -> str:
+    """A value as --config.x= takes it: tuples as (1,2) / (1,)."""
+    if isinstance(v, tuple):
+        return "(" + ",".join(map(str, v)) + ("," if len(v) == 1 else "") + ")"
+    return str(v)
 
 
 class _Sigterm:

@@ -45,7 +45,7 @@ USAGE = {  # command -> (args, fragments the one line must hold)
         (STAGE1, "--config.train.bogus=1", "--workdir=x"),
         ("--config.train.bogus=1", "no field 'bogus'"),
     ),
-    "convert": (("sideways", "--out=x"), ("from-hf", "to-hf")),
+    "convert": (("sideways", "--out=x"), ("from-hf", "to-hf", "from-parts")),
     "data": (("shuffle",), ("prepare", "generate", "inspect")),
     "chat": (("--checkpoint=does/not/exist", "hello"), ("--checkpoint does/not/exist not found",)),
     "evaluate": (("--checkpoint=.",), ("--data is required",)),
