@@ -16,7 +16,7 @@ $(PY):
 
 $(STAMP): pyproject.toml | $(PY)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e ".[test,tpu]"  # tpu: libtpu for the offline TPU AOT compile test
+	$(PY) -m pip install -q -e ".[test,tpu,beam]"  # tpu: the offline TPU AOT compile test; beam: prepare --runner=beam
 	touch $(STAMP)
 
 $(LINT_STAMP): pyproject.toml | $(PY)

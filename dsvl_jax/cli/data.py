@@ -1,8 +1,11 @@
 """Data in: prepare | generate | inspect.
 
-prepare --format F --input PATH --out DIR: your data -> ArrayRecord shards (a tfds data_dir). Bad
-  records are skipped and counted (--report: written, skipped by reason, skipped ids); more than
-  --max_skip_rate of them stops the import naming the input.
+prepare --format F --input PATH --out DIR: your data -> ArrayRecord shards (a tfds data_dir). PATH is
+  a file, a folder or a glob (JSON lines may be .gz / .zst). Bad records are skipped and counted
+  (--report: written, images_written, skipped by reason, skipped ids); more than --max_skip_rate of
+  them stops the import naming the input. --workers N imports the input files in N processes;
+  --runner=beam runs the import as an Apache Beam pipeline (pip install dsvl_jax[beam]; a cluster
+  with --beam_options="--runner=DataflowRunner ..."); the same records whatever the runner.
 generate --out DIR [--kinds K1,K2] [--n N] [--tokenizer_vocab V]: the embedded synthetic corpus,
   one dataset per kind under DIR/dsvl_<kind>/, plus a SentencePiece tokenizer trained on it.
 inspect DIR [--out sheet.png]: a PNG contact sheet of samples from the datasets under DIR.
@@ -33,9 +36,16 @@ def define_flags() -> None:
 
     flags.DEFINE_enum("format", None, list(importers.FORMATS), "prepare: input format.")
     flags.DEFINE_string(
-        "input",
-        None,
-        "prepare: input file (llava JSON/JSONL, captions/text JSONL) or a PDF folder/file.",
+        "input", None, "prepare: input file, folder (searched recursively) or glob ('shards/*.tar')."
+    )
+    flags.DEFINE_integer("workers", 1, "prepare: processes importing input files in parallel.")
+    flags.DEFINE_enum(
+        "runner", "local", ["local", "beam"], "prepare: local processes, or an Apache Beam pipeline."
+    )
+    flags.DEFINE_string(
+        "beam_options",
+        "",
+        "prepare --runner=beam: Beam pipeline options as on a command line (default: DirectRunner).",
     )
     flags.DEFINE_string(
         "images",
@@ -88,8 +98,10 @@ def prepare() -> None:
         raise app.UsageError(f"prepare needs --format, --input and --out. {USAGE}")
     if not 0.0 <= FLAGS.max_skip_rate <= 1.0:
         raise app.UsageError(f"--max_skip_rate={FLAGS.max_skip_rate} must be a fraction in [0, 1]")
-    if not os.path.exists(FLAGS.input):
+    if not os.path.exists(FLAGS.input) and not any(c in FLAGS.input for c in "*?["):
         raise app.UsageError(f"--input {FLAGS.input} does not exist")
+    if FLAGS.workers < 1:
+        raise app.UsageError(f"--workers={FLAGS.workers} must be at least 1")
     from dsvl_jax.data import builders, importers
 
     counter = importers.SkipCounter(FLAGS.input)
@@ -108,6 +120,9 @@ def prepare() -> None:
             counter=counter,
             report_path=FLAGS.report,
             holdout=FLAGS.holdout,
+            workers=FLAGS.workers,
+            runner=FLAGS.runner,
+            beam_options=FLAGS.beam_options,
         )
     except importers.SkipRateExceeded as e:
         where = f" Report: {FLAGS.report}" if FLAGS.report else ""

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import hashlib
 import json
 import logging
 import os
@@ -28,13 +27,15 @@ import tensorflow_datasets as tfds
 from tqdm import tqdm
 
 from dsvl_jax import compat
-from dsvl_jax.data import records, shards, tokenizer
+from dsvl_jax.data import prepare_parallel, records, shards, tokenizer
 from dsvl_jax.data.corpus import generate
+from dsvl_jax.data.import_common import is_heldout  # noqa: F401 - builders.is_heldout is public
 from dsvl_jax.data.importers import (
     DEFAULT_MAX_SKIP_RATE,
     SkipCounter,
     SkipRateExceeded,
-    import_examples,
+    import_file,
+    plan,
 )
 from dsvl_jax.errors import ConfigError
 
@@ -100,8 +101,9 @@ class ShardBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
     def _log_download_done(self) -> None:
         log.info("%s prepared in %s", self.name, self.data_dir)
 
-    def build(self, overwrite: bool = False) -> str:
-        """Write the shards (or reuse a complete earlier run unless `overwrite`); returns the dataset dir."""
+    def build(self, overwrite: bool = False, download_config=None) -> str:
+        """Write the shards (or reuse a complete earlier run unless `overwrite`); returns the dataset dir.
+        `download_config`: TFDS's, e.g. Beam pipeline options (prepare_parallel.beam_download_config)."""
         if os.path.isdir(self.data_dir):
             if not overwrite:
                 log.info(
@@ -111,7 +113,7 @@ class ShardBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
                 return self.data_dir
             shutil.rmtree(self.data_dir)
         with _quiet_tfds(), tempfile.TemporaryDirectory(prefix="dsvl_dl_") as dl:
-            self.download_and_prepare(download_dir=dl)
+            self.download_and_prepare(download_dir=dl, download_config=download_config)
         return self.data_dir
 
 
@@ -247,7 +249,11 @@ def train_tokenizer(dataset_dirs: Iterable[str], vocab_size: int, out: str) -> t
 
 
 class DsvlImported(ShardBuilder):
-    """The Examples of one importer run; `self.counter` holds the skip report afterwards."""
+    """The Examples of one importer run; `self.counter` holds the skip report afterwards.
+
+    runner "local" with workers > 1 imports input files in worker processes, runner "beam" through
+    TFDS's Beam support (data/prepare_parallel.py); the records are the same either way.
+    """
 
     def _description(self) -> str:
         return "Examples imported by `python -m dsvl_jax.data prepare` (metadata.json holds the skip report)."
@@ -261,34 +267,74 @@ class DsvlImported(ShardBuilder):
         import_kwargs: dict | None = None,
         holdout: float = 0.0,
         heldout: bool = False,
+        workers: int = 1,
+        runner: str = "local",
         **kwargs,
     ):
         self.fmt, self.input_path, self.import_kwargs = fmt, input_path, dict(import_kwargs or {})
         # holdout > 0: keep only the records `is_heldout` puts on this side (heldout or not)
         self.holdout, self.heldout = holdout, heldout
+        self.workers, self.runner = workers, runner
         self.counter = counter or SkipCounter(str(input_path))
         super().__init__(**kwargs)
 
     def _postfix(self) -> str:
         return f"skipped={self.counter.num_skipped}" if self.counter.num_skipped else ""
 
-    def _examples(self) -> Iterator[records.Example]:
+    def _plan(self):
         if self.fmt is None or self.input_path is None:
             raise ValueError(
                 "DsvlImported needs fmt= and input_path= to prepare (reading needs neither)"
             )
-        for ex in import_examples(self.fmt, self.input_path, self.counter, **self.import_kwargs):
-            if not self.holdout or is_heldout(ex.id, self.holdout) == self.heldout:
+        return plan(self.fmt, self.input_path, **self.import_kwargs)
+
+    def _examples(self) -> Iterator[records.Example]:
+        inputs, ctx = self._plan()
+        if self.workers > 1:
+            every = prepare_parallel.local_examples(
+                self.fmt, inputs, ctx, self.counter, self.workers
+            )
+        else:
+            every = self._sequential(inputs, ctx)
+        for ex in every:
+            if prepare_parallel.keep(ex.id, self.holdout, self.heldout):
                 yield ex
+        self._record_report()
+
+    def _sequential(self, inputs, ctx) -> Iterator[records.Example]:
+        for f in inputs.files:
+            yield from import_file(self.fmt, f, inputs.name(f), ctx, self.counter, False)
+        self.counter.check()
+
+    def _record_report(self) -> None:
         rep = self.counter.report()
         rep["skipped_ids"] = rep["skipped_ids"][:MAX_REPORT_IDS_IN_METADATA]
         self.info.metadata.update({"format": self.fmt, "import_report": rep})
 
+    # --- Beam ---
+    def _reports_dir(self) -> str:
+        return os.path.join(os.path.dirname(self.data_dir), prepare_parallel.REPORTS_DIR, self.name)
 
-def is_heldout(record_id: str, share: float) -> bool:
-    """A stable, id-based draw: the same record falls on the same side on every machine and rerun."""
-    h = int.from_bytes(hashlib.sha256(record_id.encode("utf-8")).digest()[:8], "big")
-    return h / 2**64 < share
+    def _generate_examples(self):
+        if self.runner != "beam":
+            return super()._generate_examples()
+        inputs, ctx = self._plan()
+        self._units = len(inputs.files)
+        return prepare_parallel.beam_examples(
+            self.fmt, inputs, ctx, self._reports_dir(), self.holdout, self.heldout
+        )
+
+    def _download_and_prepare(self, *args, **kwargs):
+        if self.runner != "beam":
+            return super()._download_and_prepare(*args, **kwargs)
+        shutil.rmtree(self._reports_dir(), ignore_errors=True)
+        out = super()._download_and_prepare(*args, **kwargs)  # runs the pipeline
+        try:
+            prepare_parallel.merge_reports(self._reports_dir(), self._units, self.counter)
+        finally:
+            shutil.rmtree(os.path.dirname(self._reports_dir()), ignore_errors=True)
+        self._record_report()
+        return out
 
 
 class DatasetExists(FileExistsError, ConfigError):
@@ -317,9 +363,15 @@ def prepare(
     counter: SkipCounter | None = None,
     report_path: str | None = None,
     holdout: float = 0.0,
+    workers: int = 1,
+    runner: str = "local",
+    beam_options: str = "",
 ) -> PrepareResult:
     """Import `input_path` (format `fmt`) into ArrayRecord shards under `data_dir`.
 
+    `workers` > 1 imports the input files in that many processes; `runner="beam"` runs the import as
+    an Apache Beam pipeline (`beam_options`: its command-line options, e.g. "--runner=DataflowRunner
+    --project=P ..."; none = the in-process DirectRunner). Same records whatever the runner.
     `holdout` > 0 sends that share of the records (drawn by id, `is_heldout`) to
     `data_dir/heldout/` instead, the split real-size configs evaluate on (the input is read twice).
 
@@ -334,6 +386,12 @@ def prepare(
         counter.min_seen = min_seen
     if not 0.0 <= holdout < 1.0:
         raise ConfigError(f"holdout={holdout}: a share in [0, 1)")
+    if runner not in prepare_parallel.RUNNERS:
+        raise ConfigError(f"runner={runner!r}: one of {prepare_parallel.RUNNERS}")
+    if workers < 1:
+        raise ConfigError(f"workers={workers}: at least 1")
+    dl_config = prepare_parallel.beam_download_config(beam_options) if runner == "beam" else None
+    par = dict(workers=workers, runner=runner)
     t0 = time.time()
     kw = dict(images=images, max_pixels=max_pixels, kind=kind, dpi=dpi)
     b = DsvlImported(
@@ -344,6 +402,7 @@ def prepare(
         progress=progress,
         import_kwargs=kw,
         holdout=holdout,
+        **par,
     )
     if os.path.exists(b.data_dir) and not overwrite:
         raise DatasetExists(
@@ -351,7 +410,7 @@ def prepare(
             "or choose another --out"
         )
     try:
-        d = b.build(overwrite=overwrite)
+        d = b.build(overwrite=overwrite, download_config=dl_config)
     except SkipRateExceeded as e:
         if report_path:
             _write_json(report_path, {"format": fmt, **counter.report(), "error": str(e)})
@@ -367,8 +426,9 @@ def prepare(
             import_kwargs=kw,
             holdout=holdout,
             heldout=True,
+            **par,
         )
-        report["heldout_dir"] = held.build(overwrite=overwrite)
+        report["heldout_dir"] = held.build(overwrite=overwrite, download_config=dl_config)
         report["heldout_records"] = len(shards.open_source(report["heldout_dir"]))
     report["seconds"] = round(time.time() - t0, 2)
     if report_path:

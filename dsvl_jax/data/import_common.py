@@ -13,6 +13,7 @@ from __future__ import annotations
 import collections
 import contextlib
 import dataclasses
+import hashlib
 import json
 import os
 from collections.abc import Callable, Iterable, Iterator
@@ -289,3 +290,9 @@ def parse_line(raw: bytes, rid: str) -> Any:
         return json.loads(text)
     except json.JSONDecodeError as e:
         raise BadRecord("bad_conversation", f"line is not JSON: {e}", rid) from None
+
+
+def is_heldout(record_id: str, share: float) -> bool:
+    """A stable, id-based draw: the same record falls on the same side on every machine and rerun."""
+    h = int.from_bytes(hashlib.sha256(record_id.encode("utf-8")).digest()[:8], "big")
+    return h / 2**64 < share

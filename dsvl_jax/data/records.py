@@ -14,6 +14,7 @@ from __future__ import annotations
 import dataclasses
 import io
 import json
+import re
 import warnings
 
 import numpy as np
@@ -123,7 +124,9 @@ def decode_image(
         raise BadRecord("image_too_large", str(e), record_id) from None
     # PIL raises UnidentifiedImageError, OSError, SyntaxError... for non-images
     except Exception as e:  # noqa: BLE001
-        raise BadRecord("not_an_image", f"{type(e).__name__}: {e}", record_id) from None
+        # PIL names the in-memory buffer by address: drop it so reports are reproducible
+        msg = re.sub(r" <_io\.BytesIO object at 0x[0-9a-f]+>", "", str(e))
+        raise BadRecord("not_an_image", f"{type(e).__name__}: {msg}", record_id) from None
     w, h = im.size
     if w * h > max_pixels or w <= 0 or h <= 0:
         raise BadRecord(

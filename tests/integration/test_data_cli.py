@@ -92,3 +92,32 @@ def test_generate_all_kinds_then_inspect(tmp_path):
 def test_usage_error_names_the_commands():
     p = _data_cli("shuffle", ok=False)
     assert all(c in p.stderr for c in ("prepare", "generate", "inspect"))
+
+
+def test_prepare_a_glob_of_shards_with_workers_and_beam(tmp_path):
+    """--input as a glob over compressed shards; --workers 2 and --runner=beam write the same records."""
+    import gzip
+
+    Image.fromarray(np.full((12, 20, 3), 90, np.uint8)).save(tmp_path / "a.png")
+    for s in range(3):
+        lines = [
+            json.dumps({"id": f"{s}-{i}", "image": "a.png", "caption": f"c {s} {i}"})
+            for i in range(2)
+        ]
+        with gzip.open(tmp_path / f"part-{s}.jsonl.gz", "wt") as f:
+            f.write("\n".join(lines) + "\n")
+    ids = {}
+    for name, extra in (("w2", ["--workers=2"]), ("beam", ["--runner=beam"])):
+        p = _data_cli(
+            "prepare",
+            "--format=captions",
+            f"--input={tmp_path / 'part-*.jsonl.gz'}",
+            f"--out={tmp_path / name}",
+            f"--report={tmp_path / name}.json",
+            *extra,
+        )
+        assert "6 written, 0 skipped" in p.stdout
+        assert json.loads((tmp_path / f"{name}.json").read_text())["images_written"] == 6
+        src = shards.open_source(str(tmp_path / name))
+        ids[name] = [src[i].id for i in range(len(src))]
+    assert ids["w2"] == ids["beam"] == [f"{s}-{i}" for s in range(3) for i in range(2)]
