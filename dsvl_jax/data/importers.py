@@ -4,7 +4,18 @@
               [{"from": "human"|"gpt"|"system", "value"}]}; "<image>" becomes IMAGE_TAG.
   captions    JSONL of {"id"?, "image": path, "caption" | "text"} -> kind "caption".
   pdf         PDF files -> one "pdf" Example per page (page image + text layer).
-  text        JSONL of {"id"?, "text"} -> kind "text".
+  text        JSONL of {"id"?, "text"}, a parquet `text` column, or .txt files (one document
+              each) -> kind "text" (data/import_parquet.py for parquet and .txt).
+  webdataset  img2dataset tar shards: <key>.jpg|png|webp + <key>.txt|.json caption -> one "caption"
+              Example per key (data/import_webdataset.py).
+  parquet     HF datasets parquet: `image` / `images` {bytes, path} + caption | conversations |
+              OpenAI messages -> caption or conversation Examples (data/import_parquet.py).
+  obelics     OBELICS parquet: aligned `texts` / `images` lists -> one "interleaved" Example per
+              document (data/import_parquet.py).
+  mmc4        MMC4 JSONL documents (text_list + image_info, images under --images) -> one
+              "interleaved" Example per document (data/import_mmc4.py).
+  ocr         images with a sibling .mmd (Nougat) or .txt transcription -> one "ocr" Example each
+              (data/import_ocr.py).
   (more formats: READERS below, one module each)
 
 `--input` is a file, a folder or a glob (data/inputs.py); JSON lines may be .gz or .zst. Each
@@ -44,10 +55,11 @@ from dsvl_jax.data.records import IMAGE_TAG, BadRecord, Example, Message
 from dsvl_jax.errors import ConfigError
 
 # format modules (one reader each) import here:
-# <import webdataset>
-# <import parquet>
-# <import mmc4>
-# <import ocr>
+from dsvl_jax.data import import_webdataset  # isort: skip
+from dsvl_jax.data import import_parquet  # isort: skip
+from dsvl_jax.data.inputs import base_suffix  # isort: skip
+from dsvl_jax.data import import_mmc4  # isort: skip
+from dsvl_jax.data import import_ocr  # isort: skip
 
 LLAVA_TAG = "<image>"
 LLAVA_ROLES = {
@@ -179,13 +191,20 @@ READERS: dict[str, Reader] = {
     ),
     "pdf": Reader((".pdf",), lambda file, name, ctx: _pdf_items(file, name, ctx)),
     "text": Reader(
-        (".jsonl",), _json_reader(lambda rec, rid, ctx: _text_example(rec, rid, ctx.kind or "text"))
+        (".jsonl", ".txt", ".parquet"),
+        lambda file, name, ctx: {
+            ".txt": import_parquet.text_txt_items,
+            ".parquet": import_parquet.text_parquet_items,
+        }.get(
+            base_suffix(file),
+            _json_reader(lambda rec, rid, ctx: _text_example(rec, rid, ctx.kind or "text")),
+        )(file, name, ctx),
     ),
-    # <reader webdataset>
-    # <reader parquet>
-    # <reader obelics>
-    # <reader mmc4>
-    # <reader ocr>
+    "webdataset": Reader(import_webdataset.SUFFIXES, import_webdataset.items),
+    "parquet": Reader(import_parquet.SUFFIXES, import_parquet.items),
+    "obelics": Reader(import_parquet.SUFFIXES, import_parquet.obelics_items),
+    "mmc4": Reader(import_mmc4.SUFFIXES, import_mmc4.items),
+    "ocr": Reader(import_ocr.SUFFIXES, import_ocr.items),
 }
 FORMATS = tuple(READERS)
 
