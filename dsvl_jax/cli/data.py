@@ -36,11 +36,16 @@ def define_flags() -> None:
 
     flags.DEFINE_enum("format", None, list(importers.FORMATS), "prepare: input format.")
     flags.DEFINE_string(
-        "input", None, "prepare: input file, folder (searched recursively) or glob ('shards/*.tar')."
+        "input",
+        None,
+        "prepare: input file, folder (searched recursively) or glob ('shards/*.tar').",
     )
     flags.DEFINE_integer("workers", 1, "prepare: processes importing input files in parallel.")
     flags.DEFINE_enum(
-        "runner", "local", ["local", "beam"], "prepare: local processes, or an Apache Beam pipeline."
+        "runner",
+        "local",
+        ["local", "beam"],
+        "prepare: local processes, or an Apache Beam pipeline.",
     )
     flags.DEFINE_string(
         "beam_options",

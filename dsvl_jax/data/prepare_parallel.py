@@ -30,7 +30,9 @@ from dsvl_jax.data.inputs import Inputs
 
 RUNNERS = ("local", "beam")
 REPORTS_DIR = ".import_reports"
-UNIT_STRIDE = 10**9  # Beam keys: file index * stride + record index (integers: TFDS buckets by value)
+UNIT_STRIDE = (
+    10**9
+)  # Beam keys: file index * stride + record index (integers: TFDS buckets by value)
 
 
 def keep(record_id: str, holdout: float, heldout: bool) -> bool:

@@ -46,16 +46,25 @@ _MAX_PATH = 1024  # longer image strings are base64, never paths
 @dataclasses.dataclass(frozen=True)
 class EvalItem:
     """One question. `answers`: accepted answers (open) or the one correct letter (multiple choice).
-    `image`: a resolved path, encoded bytes, or None (text only). `where`: "file:line" for messages."""
+    `images`: resolved paths or encoded bytes, in order (empty: text only); where the question text
+    holds IMAGE_TAG placeholders (MMMU's `<image k>`) they mark where each image goes, else the
+    images come first. `where`: "file:line" for messages. `meta`: benchmark fields a metric reads
+    (POPE's label, MathVista's answer type, MMBench's rotation group, ...)."""
 
     id: str
     question: str
     answers: tuple[str, ...]
     options: tuple[tuple[str, str], ...] = ()
     category: str = ""
-    image: str | bytes | None = None
+    images: tuple[str | bytes, ...] = ()
     hint: str = ""
     where: str = ""
+    meta: dict = dataclasses.field(default_factory=dict, compare=False, hash=False)
+
+    @property
+    def image(self) -> str | bytes | None:
+        """The first image (None: text only)."""
+        return self.images[0] if self.images else None
 
     @property
     def kind(self) -> str:
@@ -74,10 +83,12 @@ class EvalItem:
         lines += [f"{k}. {v.strip()}" for k, v in self.options] + [MC_INSTRUCTION]
         return "\n".join(lines)
 
-    def image_bytes(self) -> bytes | None:
-        if self.image is None or isinstance(self.image, bytes):
-            return self.image
-        return Path(self.image).read_bytes()
+    def image_bytes(self, k: int = 0) -> bytes | None:
+        """The encoded bytes of image k (None when the item has fewer images)."""
+        if k >= len(self.images):
+            return None
+        img = self.images[k]
+        return img if isinstance(img, bytes) else Path(img).read_bytes()
 
 
 @dataclasses.dataclass(frozen=True)
@@ -93,10 +104,15 @@ class Skipped:
 
 @dataclasses.dataclass
 class EvalSet:
+    """The items of one benchmark file. `metric`: the name of its scoring in eval/metrics.py
+    ("default": exact match / relaxed accuracy for open questions, letter accuracy for choices)."""
+
     path: str
     format: str
     items: list[EvalItem]
     skipped: list[Skipped]
+    benchmark: str = ""
+    metric: str = "default"
 
 
 class ItemError(ValueError):
@@ -238,7 +254,7 @@ def _item(rec: dict, root: Path, where: str, default_id: str) -> EvalItem:
         answers=tuple(answers),
         options=tuple(options),
         category=_text(rec.get("category", rec.get("type"))),
-        image=image,
+        images=() if image is None else (image,),
         hint=_text(rec.get("hint")),
         where=where,
     )

@@ -10,9 +10,12 @@ Per-item problems found while predicting (an image that does not decode, a promp
 model allows) are raised by the predictor as `ItemError`s / `records.BadRecord`s; the runner then
 re-runs that batch item by item and reports just the bad items as skipped, with their reason.
 
-Report keys: data, format, n_items, n_scored, metrics (overall), per_category, skipped
-[{id, where, reason, detail}], predictions [per item: id, category, type, question, prediction,
-answers, exact/relaxed or options/choice, correct], settings, seconds.
+Scoring is the benchmark's metric (EvalSet.metric, eval/metrics.py and the language metrics).
+Report keys: data, format, benchmark, metric, headline, n_items, n_scored, metrics (overall),
+per_category, skipped [{id, where, reason, detail}], predictions [per item: id, category, type,
+question, prediction, answers, the metric's fields, correct], settings, seconds. `write_report`
+also writes the predictions as JSONL {"id", "answer"} beside the report, the input of
+`predictions_predictor` (`evaluate --predictions`), so any run can be rescored.
 """
 
 from __future__ import annotations
@@ -26,8 +29,9 @@ import numpy as np
 
 from dsvl_jax.data.records import IMAGE_TAG, BadRecord, Message, decode_image
 from dsvl_jax.data.template import render_generation_prompt, system_prompt
-from dsvl_jax.eval import scoring
+from dsvl_jax.eval import language, scoring
 from dsvl_jax.eval.items import EvalItem, EvalSet, ItemError, Skipped
+from dsvl_jax.eval.metrics import METRICS, Metric
 from dsvl_jax.infer import Engine
 
 Predict = Callable[[Sequence[EvalItem]], list[str]]
@@ -67,21 +71,27 @@ def evaluate(
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     items = data.items if isinstance(data, EvalSet) else list(data)
     skipped = list(data.skipped) if isinstance(data, EvalSet) else []
+    metric = metric_of(data.metric if isinstance(data, EvalSet) else "default")
     records = []
     for i in range(0, len(items), batch_size):
         done, bad = _predict_batch(predict, items[i : i + batch_size])
-        records += [scoring.score(it, pred) for it, pred in done]
+        records += [metric.score(it, pred) for it, pred in done]
         skipped += bad
         if progress:
             progress(min(i + batch_size, len(items)), len(items))
-    summary = scoring.summarize(records)
+    cats: dict[str, list[dict]] = {}
+    for r in records:
+        cats.setdefault(r["category"] or "-", []).append(r)
     return {
         "data": data.path if isinstance(data, EvalSet) else None,
         "format": data.format if isinstance(data, EvalSet) else None,
+        "benchmark": data.benchmark if isinstance(data, EvalSet) else "",
+        "metric": metric.name,
+        "headline": metric.headline,
         "n_items": len(items) + (len(data.skipped) if isinstance(data, EvalSet) else 0),
         "n_scored": len(records),
-        "metrics": summary["overall"],
-        "per_category": summary["per_category"],
+        "metrics": metric.aggregate(records),
+        "per_category": {c: metric.aggregate(rs) for c, rs in sorted(cats.items())},
         "skipped": [vars(s) for s in skipped],
         "predictions": records,
         "settings": dict(settings or {}, batch_size=batch_size),
@@ -89,21 +99,88 @@ def evaluate(
     }
 
 
+def metric_of(name: str) -> Metric:
+    """A metric by name: the multimodal benchmarks' (eval/metrics.py) and the language ones."""
+    every = {**METRICS, **language.LANGUAGE_METRICS}
+    if name not in every:
+        raise ValueError(f"unknown metric {name!r}; known: {sorted(every)}")
+    return every[name]
+
+
+def metric_table(summary: dict) -> str:
+    """One row per category then OVERALL; columns: every value the metric reports ([0, 1] as %)."""
+    rows = [*summary["per_category"].items(), ("OVERALL", summary["overall"])]
+    cols = [k for k, v in summary["overall"].items() if k != "n" and isinstance(v, (int, float))]
+    cols = cols or [k for k in summary["overall"] if k != "n"]
+
+    def cell(v):
+        if v is None:
+            return "-"
+        return f"{100 * v:.1f}" if isinstance(v, float) else str(v)
+
+    width = max(8, *(len(c) for c, _ in rows))
+    head = f"{'category':<{width}}  {'n':>5}  " + "  ".join(f"{c:>9}" for c in cols)
+    lines = [head, "-" * len(head)]
+    for c, m in rows:
+        vals = "  ".join(f"{cell(m.get(k)):>9}" for k in cols)
+        lines.append(f"{c:<{width}}  {m.get('n', 0):>5}  {vals}")
+    return "\n".join(lines)
+
+
 def format_summary(report: dict) -> str:
-    """The table of scoring.format_table plus one line per skipped item."""
-    lines = [
-        scoring.format_table({"overall": report["metrics"], "per_category": report["per_category"]})
-    ]
+    """The benchmark's table (per category + overall) plus one line per skipped item."""
+    summary = {"overall": report["metrics"], "per_category": report["per_category"]}
+    default = report.get("metric", "default") == "default"
+    lines = [scoring.format_table(summary) if default else metric_table(summary)]
     if report["skipped"]:
         lines.append(f"\nskipped {len(report['skipped'])} of {report['n_items']} items:")
         lines += [f"  {Skipped(**s)}" for s in report["skipped"]]
     return "\n".join(lines)
 
 
-def write_report(report: dict, path: str) -> None:
+def write_report(report: dict, path: str) -> str:
+    """The report JSON at `path` and its predictions beside it (predictions_path(path)) -> that path."""
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     with open(path, "w", encoding="utf-8") as f:
         json.dump(report, f, indent=1, ensure_ascii=False)
+    preds = predictions_path(path)
+    with open(preds, "w", encoding="utf-8") as f:
+        for r in report["predictions"]:
+            f.write(
+                json.dumps({"id": r["id"], "answer": r["prediction"]}, ensure_ascii=False) + "\n"
+            )
+    return preds
+
+
+def predictions_path(report_path: str) -> str:
+    """report.json -> report.predictions.jsonl: what `--predictions` rescores."""
+    return os.path.splitext(report_path)[0] + ".predictions.jsonl"
+
+
+def predictions_predictor(path: str) -> Predict:
+    """predict(items) from a JSONL of {"id": <the benchmark's question id>, "answer": <raw text>}:
+    answers produced elsewhere (another harness, an earlier run), scored with no model. An item with
+    no line in the file is skipped as "no_prediction"."""
+    answers: dict[str, str] = {}
+    with open(path, encoding="utf-8") as f:
+        for n, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                rec = json.loads(line)
+                answers[str(rec["id"])] = str(rec["answer"])
+            except (json.JSONDecodeError, KeyError, TypeError) as e:
+                raise ValueError(
+                    f'{path}:{n}: expected {{"id": ..., "answer": ...}} ({e})'
+                ) from None
+
+    def predict(items: Sequence[EvalItem]) -> list[str]:
+        missing = [it.id for it in items if it.id not in answers]
+        if missing:
+            raise ItemError("no_prediction", f"{path} has no answer for id {missing[0]!r}")
+        return [answers[it.id] for it in items]
+
+    return predict
 
 
 # --- the model ---------------------------------------------------------------------------------------
@@ -111,16 +188,17 @@ def write_report(report: dict, path: str) -> None:
 
 def model_predictor(engine: Engine, *, max_new_tokens: int = 16, open_suffix: str = "") -> Predict:
     """predict(items) for a loaded model (`infer.Engine`: its batch size, system prompt and shape
-    buckets): greedy answers up to EOS. Items with more than one image are not supported (benchmarks
-    here have one). Raises ItemError("prompt_too_long") / BadRecord (image)."""
+    buckets): greedy answers up to EOS; an item's images go where its IMAGE_TAGs are (else first).
+    Raises ItemError("prompt_too_long") / BadRecord (image)."""
     cfg, tokenizer = engine.cfg, engine.tokenizer
     n_img, limit = cfg.num_image_tokens, cfg.llm.max_position
     system = system_prompt(engine.system_prompt)
 
     def prompt_ids(it: EvalItem) -> np.ndarray:
         text = it.prompt(open_suffix)
-        if it.image is not None:
-            text = IMAGE_TAG + "\n" + text
+        missing = len(it.images) - text.count(IMAGE_TAG)
+        if missing > 0:  # images without placeholders come first, one per line
+            text = (IMAGE_TAG + "\n") * missing + text
         ids = render_generation_prompt(
             [Message("user", text)], tokenizer, n_img, default_system=system
         ).ids
@@ -138,7 +216,7 @@ def model_predictor(engine: Engine, *, max_new_tokens: int = 16, open_suffix: st
         prompts = [
             (
                 prompt_ids(it),
-                [] if it.image is None else [decode_image(it.image_bytes(), record_id=it.id)],
+                [decode_image(it.image_bytes(k), record_id=it.id) for k in range(len(it.images))],
             )
             for it in items
         ]
@@ -158,7 +236,10 @@ def evaluate_model(
     settings: dict | None = None,
 ) -> dict:
     """Score a loaded model on a benchmark file's items -> the report (see the module docstring)."""
-    predict = model_predictor(engine, max_new_tokens=max_new_tokens, open_suffix=open_suffix)
+    if getattr(data, "metric", "") == "loglik":  # multiple choice by each option's log-likelihood
+        predict = language.loglik_predictor(engine)
+    else:
+        predict = model_predictor(engine, max_new_tokens=max_new_tokens, open_suffix=open_suffix)
     settings = {
         "tokenizer": engine.tokenizer.source,
         "max_new_tokens": max_new_tokens,

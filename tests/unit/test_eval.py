@@ -237,8 +237,9 @@ def test_an_item_failing_in_predict_is_skipped_not_fatal(files):
         evaluate(vqa.items, lambda items: ["x"], batch_size=4)
 
 
-def test_evaluate_cli_end_to_end(files, tmp_path):
-    """A tiny SigLIP checkpoint with its tokenizer.model -> report JSON with every key."""
+@pytest.fixture(scope="module")
+def tiny_ckpt(tmp_path_factory):
+    """A tiny random SigLIP checkpoint with its tokenizer.model -> (ckpt dir, model config)."""
     import jax
 
     from dsvl_jax.checkpoints import save_params
@@ -258,11 +259,18 @@ def test_evaluate_cli_end_to_end(files, tmp_path):
     params = jax.tree.map(
         lambda a: (0.1 * rng.standard_normal(a.shape)).astype(a.dtype), abstract_params(cfg)
     )
-    ckpt = tmp_path / "ckpt"
+    ckpt = tmp_path_factory.mktemp("eval_ckpt") / "ckpt"
     save_params(str(ckpt), cfg, params)
     tokenizer.train_on_examples(
         corpus.generate("text", 20, seed=0), 400, out=ckpt / "tokenizer.model"
     )
+    return ckpt, cfg
+
+
+def test_evaluate_cli_end_to_end(files, tiny_ckpt, tmp_path):
+    """A tiny SigLIP checkpoint with its tokenizer.model -> report JSON with every key, predictions
+    beside it that rescore with no model, and a two-image item answered through the model."""
+    ckpt, cfg = tiny_ckpt
     data = tmp_path / "mixed.jsonl"
     rows = [
         {
@@ -306,6 +314,11 @@ def test_evaluate_cli_end_to_end(files, tmp_path):
     assert set(rep) == {
         "data",
         "format",
+        "benchmark",
+        "metric",
+        "headline",
+        "items_per_s",
+        "predictions_file",
         "n_items",
         "n_scored",
         "metrics",
@@ -332,6 +345,35 @@ def test_evaluate_cli_end_to_end(files, tmp_path):
     assert rep["predictions"][2]["answers"] == ["A"] and rep["settings"]["tokenizer"].endswith(
         "tokenizer.model"
     )
+    # The run wrote its answers beside the report; rescoring them needs no model and agrees.
+    preds = tmp_path / "report.predictions.jsonl"
+    assert [json.loads(x)["id"] for x in preds.read_text().splitlines()] == ["o1", "o2", "m1"]
+    p = commands.run(
+        "evaluate", f"--data={data}", f"--predictions={preds}", f"--out={tmp_path / 'r2.json'}"
+    )
+    assert p.returncode == 0, p.stderr[-3000:]
+    again = json.loads(p.stdout.strip().splitlines()[-1])
+    assert again["metrics"] == last["metrics"] and again["n_scored"] == 3
+    # an MMMU-style item with two images, answered through the model: both images reach it
+    from dsvl_jax.data.records import IMAGE_TAG
+    from dsvl_jax.eval import EvalItem, evaluate_model
+    from dsvl_jax.infer import Engine
+
+    eng = Engine.load(str(ckpt), batch_size=2)
+    two = EvalItem(
+        "mm1",
+        f"Compare {IMAGE_TAG} and {IMAGE_TAG}. Which is red?",
+        ("A",),
+        options=(("A", "first"), ("B", "second")),
+        images=(str(files / "imgs" / "chart.png"), _png((30, 200, 30))),
+    )
+    seen = []
+    real = eng.generate_ids
+    eng.generate_ids = lambda prompts, **kw: seen.append(prompts) or real(prompts, **kw)
+    r = evaluate_model(eng, [two], max_new_tokens=4)
+    assert r["n_scored"] == 1 and len(seen[0][0][1]) == 2  # two decoded images for one prompt
+    ids = list(seen[0][0][0])
+    assert ids.count(cfg.image_token_id) == 2 * cfg.num_image_tokens
     # A wrong data path is a usage error: one line, before the model loads.
     p = commands.run(
         "evaluate", f"--checkpoint={ckpt}", f"--data={tmp_path / 'nope.tsv'}", devices=1
@@ -349,3 +391,56 @@ def test_eval_item_prompts():
         it.prompt("Answer the question using a single word or phrase.")
         == "What is it?\nAnswer the question using a single word or phrase."
     )
+
+
+def test_paper_suite_runs_what_it_finds(tiny_ckpt, tmp_path):
+    """--suite=paper on a 2-device mesh: POPE (its jsonl + images) and MMLU (parquet) found under
+    --data_root, one table with the paper's DeepSeek-VL figures beside ours, a report per benchmark."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    ckpt, _ = tiny_ckpt
+    root = tmp_path / "bench"
+    (root / "pope" / "val2014").mkdir(parents=True)
+    (root / "pope" / "val2014" / "a.jpg").write_bytes(_png())
+    rows = [
+        {"question_id": i, "image": "a.jpg", "text": "Is there a dog?", "label": lab}
+        for i, lab in enumerate(["yes", "no", "no"])
+    ]
+    (root / "pope" / "coco_pope_random.json").write_text(
+        "\n".join(json.dumps(r) for r in rows) + "\n"
+    )
+    (root / "mmlu").mkdir()
+    pq.write_table(
+        pa.table(
+            {
+                "question": ["2 + 2 =", "Capital of France?"],
+                "subject": ["math", "geography"],
+                "choices": [["3", "4", "5", "6"], ["Rome", "Paris", "Oslo", "Bern"]],
+                "answer": [1, 1],
+            }
+        ),
+        root / "mmlu" / "test-00000-of-00001.parquet",
+    )
+    p = commands.run(
+        "evaluate",
+        "--suite=paper",
+        f"--data_root={root}",
+        f"--checkpoint={ckpt}",
+        f"--out={tmp_path / 'reports'}",
+        "--batch=2",
+        "--max_new_tokens=3",
+        "--mesh=2,1,1",  # sharded over 2 devices (batch over the data axis)
+        devices=2,
+    )
+    assert p.returncode == 0, p.stderr[-3000:]
+    last = json.loads(p.stdout.strip().splitlines()[-1])
+    assert set(last["benchmarks"]) == {"pope", "mmlu"}
+    assert "it/s" in p.stderr or "item/s" in p.stderr  # the progress bar's rate
+    table = p.stdout
+    assert "paper 1.3B" in table and "87.6" in table and "32.5" in table  # POPE, MMLU (Tables 5, 7)
+    pope = json.loads((tmp_path / "reports" / "pope.json").read_text())
+    assert pope["metric"] == "pope" and set(pope["metrics"]) >= {"f1", "yes_ratio", "precision"}
+    mmlu = json.loads((tmp_path / "reports" / "mmlu.json").read_text())
+    assert mmlu["metric"] == "loglik" and mmlu["n_scored"] == 2
+    assert all(len(r["loglik"]) == 4 and r["choice"] in "ABCD" for r in mmlu["predictions"])
