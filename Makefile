@@ -1,31 +1,41 @@
 # Two entry points (README): `make demo` runs the main job on the embedded default, `make test` the suite.
-# Both create .venv and install what they need on a fresh machine with Python 3.11.
-# Day to day: `make test-quick` (unit tests), `make lint` / `make format` (ruff, configured in pyproject.toml).
+# Both create .venv on a fresh machine with Python 3.11 and install only what they need: `make demo` the
+# core package (no torch, transformers or libtpu), `make test` the test extras as well (.[test,tpu,beam]).
+# Day to day: `make test-quick` (tests/unit), `make test-fast` (tests/unit + tests/parity, a few minutes),
+# `make lint` / `make format` (ruff, configured in pyproject.toml). CI (.ci/run) runs `make lint` + `make test`.
 PYTHON ?= python3.11
 VENV := .venv
 PY := $(VENV)/bin/python
+CORE_STAMP := $(VENV)/.installed-core
 STAMP := $(VENV)/.installed
 LINT_STAMP := $(VENV)/.lint-installed
 export XLA_FLAGS ?= --xla_force_host_platform_device_count=8
 export JAX_PLATFORMS ?= cpu
 
-.PHONY: demo test test-quick lint format install clean
+.PHONY: demo test test-quick test-fast lint format install install-test clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV) || python3 -m venv $(VENV)
 
+$(CORE_STAMP): pyproject.toml | $(PY)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e .
+	touch $(CORE_STAMP)
+
 $(STAMP): pyproject.toml | $(PY)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -e ".[test,tpu,beam]"  # tpu: the offline TPU AOT compile test; beam: prepare --runner=beam
-	touch $(STAMP)
+	touch $(STAMP) $(CORE_STAMP)
 
 $(LINT_STAMP): pyproject.toml | $(PY)
 	$(PY) -m pip install -q -e ".[lint]"
 	touch $(LINT_STAMP)
 
-install: $(STAMP)
+install: $(CORE_STAMP)
 
-demo: $(STAMP)
+install-test: $(STAMP)
+
+demo: $(CORE_STAMP)
 	$(PY) -m dsvl_jax.demo --config=experiments/demo.py:tiny
 
 test: $(STAMP)
@@ -33,6 +43,9 @@ test: $(STAMP)
 
 test-quick: $(STAMP)
 	$(PY) -m pytest -q tests/unit
+
+test-fast: $(STAMP)
+	$(PY) -m pytest -q tests/unit tests/parity
 
 lint: $(LINT_STAMP)
 	$(PY) -m ruff format --check .

@@ -13,7 +13,9 @@ a run failing deep inside a step. Imports happen on call, so importing this modu
 | thread_prefetch         | grain.experimental.ThreadPrefetchIterDataset                  | data/pipeline.py   |
 | tfds_progress_bar_state | tensorflow_datasets.core.utils.tqdm_utils._active             | data/builders.py   |
 | orbax_tree_metadata     | Checkpointer.metadata(dir).item_metadata.tree                 | checkpoints/        |
-| TensorboardWriter       | tensorboard's EventFileWriter + Event/Summary protos          | train/logger.py    |
+| TensorboardWriter       | tensorboard's EventFileWriter + Event/Summary protos          | none (tensorboardX now) |
+| tensorboardx_hparams    | tensorboardX.summary.hparams + SummaryWriter.file_writer      | train/logger.py    |
+| sentencepiece_model_pb2 | sentencepiece's generated ModelProto (protobuf version gate)  | interop/hf_processor.py |
 """
 
 from __future__ import annotations
@@ -98,3 +100,44 @@ class TensorboardWriter:
 
     def close(self) -> None:
         self._writer.close()
+
+
+def tensorboardx_hparams(writer, hparams: dict, metric_tags: list[str], step: int = 0) -> None:
+    """The hparams plugin's three summaries (experiment, session start, session end) into `writer`'s own
+    run. tensorboardX's public `add_hparams` writes them into a new sub-run with one point per metric;
+    in the run itself the plugin reads each metric as the last value of the run's scalar `tag`."""
+    from tensorboardX.summary import hparams as hparams_summaries
+
+    for summ in hparams_summaries(hparams, dict.fromkeys(metric_tags, 0.0)):
+        writer.file_writer.add_summary(summ, step)
+
+
+def sentencepiece_model_pb2():
+    """sentencepiece's generated `sentencepiece_model_pb2` module (the ModelProto schema).
+
+    sentencepiece 0.2.3 generated it with protobuf 7.36 and refuses an older runtime, while
+    apache-beam (the `beam` extra) pins protobuf < 7. The module only builds its messages from a
+    serialized descriptor, which protobuf 6 supports, so the version gate is relaxed for this one
+    import (tests/unit/test_compat.py parses a trained model through it).
+    """
+    try:
+        from sentencepiece import sentencepiece_model_pb2 as pb
+
+        return pb
+    except ImportError:
+        raise
+    except Exception as e:
+        if type(e).__name__ != "VersionError":
+            raise
+    import sys
+
+    from google.protobuf import runtime_version
+
+    check = runtime_version.ValidateProtobufRuntimeVersion
+    runtime_version.ValidateProtobufRuntimeVersion = lambda *a, **k: None
+    try:
+        sys.modules.pop("sentencepiece.sentencepiece_model_pb2", None)
+        from sentencepiece import sentencepiece_model_pb2 as pb
+    finally:
+        runtime_version.ValidateProtobufRuntimeVersion = check
+    return pb

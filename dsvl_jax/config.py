@@ -8,6 +8,7 @@ fields; single fields are overridden on the command line with `--config.train.lr
 
 from __future__ import annotations
 
+import difflib
 import importlib.util
 import math
 import os
@@ -102,7 +103,11 @@ def run_defaults(c: ml_collections.ConfigDict) -> None:
     c.checkpoint = ml_collections.ConfigDict(
         dict(every_steps=100, keep=3, keep_period=0, async_save=True)
     )
-    c.log = ml_collections.ConfigDict(dict(every_steps=10, tensorboard=True, progress=True))
+    # wandb: a Weights & Biases project ("" = off; needs the wandb extra), wandb_mode: online | offline |
+    # disabled. Records go to metrics.jsonl, tensorboard/ and wandb with grouped tags (train/logger.py)
+    c.log = ml_collections.ConfigDict(
+        dict(every_steps=10, tensorboard=True, progress=True, wandb="", wandb_mode="online")
+    )
     # eval.sources: like data.sources (held-out records); loss over `batches` batches, and exact match of
     # greedy answers on up to `qa_items` question/answer records
     c.eval = ml_collections.ConfigDict(
@@ -231,3 +236,32 @@ def load_experiment(path: str, arg: str = "") -> ml_collections.ConfigDict:
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
     return mod.get_config(arg) if arg else mod.get_config()
+
+
+def field_error(c: ml_collections.ConfigDict, key: str) -> str | None:
+    """Why the override `--config.<key>=...` names no field of `c`, or None when it names one.
+
+    Names the section and the missing name, with the closest names of that section
+    (difflib.get_close_matches), else all of them; for data/eval sources, the config's source names."""
+    parts = key.split(".")
+    node = c
+    for i, name in enumerate(parts):
+        section = ".".join(parts[:i])
+        if not isinstance(node, ml_collections.ConfigDict):
+            return f"{section} is a {type(node).__name__} ({node!r}), not a section with field {name!r}"
+        if name in node:
+            node = node[name]
+            continue
+        fields = sorted(node.keys())
+        where = section or "the config"
+        if section.endswith("sources"):
+            return (
+                f"{where} has no source {name!r}; this config's sources: {', '.join(fields) or 'none'} "
+                f"(the experiment file's MIX; point one at your data: --config.{section}."
+                f"{fields[0] if fields else 'NAME'}.path=DIR)"
+            )
+        close = difflib.get_close_matches(name, fields, n=3, cutoff=0.6)
+        if close:
+            return f"{where} has no field {name!r}; closest: {', '.join(close)}"
+        return f"{where} has no field {name!r}; its fields: {', '.join(fields)}"
+    return None

@@ -11,6 +11,13 @@ exactly as in training (`data.preprocess`) and fill the conversation's `IMAGE_TA
 conversation with images but no tag gets them in front of its last user message (IMAGE_TAG + "\\n"
 + question, the layout of the chart QA corpus).
 
+Sampling: greedy (temperature 0) or temperature + top-k + top-p, with an optional repetition penalty
+(model/decode.py; every setting is a traced value, so none recompiles). `stop` strings end an answer
+before them (found on the host in the decoded text). Streaming: `chat(..., stream=fn)` calls
+fn(index, piece) and `chat_stream` yields (index, piece) as tokens are generated; decoding then runs
+`chunk_tokens` tokens per device call with the next call queued before the host detokenises
+(`decode.generate_chunks`), and the pieces concatenate to the non-streamed answer (`AnswerText`).
+
 Shapes are bucketed so a session compiles a handful of programs: prompt lengths round up to a
 multiple of `length_bucket`, the batch to `batch_size` rows (default: the next power of two of the
 request, times the data-parallel mesh size), images per row to the most any row of the request has.
@@ -23,7 +30,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -125,9 +132,13 @@ class Engine:
         one stored with the model. mesh_shape: {"data", "fsdp", "tensor"} sizes (one may be -1) or a
         (data, fsdp, tensor) tuple; None keeps everything on the first device. dtype overrides the
         compute dtype (e.g. "bfloat16"). Other options are Engine fields (batch_size,
-        length_bucket, system_prompt).
+        length_bucket, system_prompt); system_prompt None (or absent) = the one the model was
+        trained with when its checkpoint records it, else DeepSeek-VL's.
         """
         src = open_model(path)
+        if options.get("system_prompt") is None:
+            recorded = src.system_prompt
+            options["system_prompt"] = SYSTEM_DEFAULT if recorded is None else recorded
         if not isinstance(tokenizer, Tokenizer):
             tokenizer = tokenizer if tokenizer is not None else src.tokenizer
             if tokenizer is None:
@@ -187,19 +198,9 @@ class Engine:
             )
         return out
 
-    def generate_ids(
-        self,
-        prompts: Sequence[tuple[np.ndarray, list]],
-        *,
-        max_new_tokens: int = 128,
-        temperature: float = 0.0,
-        top_p: float = 1.0,
-        seed: int = 0,
-    ) -> np.ndarray:
-        """(prompt ids, PIL images) pairs -> new ids [N, max_new_tokens] (pad after EOS)."""
-        n = len(prompts)
-        if n == 0:
-            return np.zeros((0, max_new_tokens), np.int32)
+    def _requests(self, prompts: Sequence[tuple[np.ndarray, list]], max_new_tokens: int, **options):
+        """-> per compiled call: (its first prompt's index, (ids, mask, pixels, high pixels), the
+        keyword arguments of `decode.generate`). options: the sampling settings and the seed."""
         longest = max(len(p) for p, _ in prompts)
         if longest + max_new_tokens > self.cfg.llm.max_position:
             raise InferenceError(
@@ -207,12 +208,12 @@ class Engine:
                 f"model.llm.max_position={self.cfg.llm.max_position}"
             )
         dp = self.data_parallel
-        batch = self.batch_size or _next_pow2(n)
+        batch = self.batch_size or _next_pow2(len(prompts))
         batch = -(-batch // dp) * dp
         spec = image_spec(self.cfg)
         tok = self.tokenizer
-        outs = []
-        for c, start in enumerate(range(0, n, batch)):
+        seed = options.pop("seed")
+        for c, start in enumerate(range(0, len(prompts), batch)):
             chunk = prompts[start : start + batch]
             t = max(len(p) for p, _ in chunk)
             ids = np.full((len(chunk), t), tok.pad_id, np.int32)
@@ -237,34 +238,57 @@ class Engine:
                             views[key][r, k] = v
                 norm = normalize_batch(views, spec)
                 pixels, high = norm["pixels"], norm.get("high_pixels")
-            rng = jax.random.fold_in(jax.random.key(seed), c)
-            with self._context():
-                new = decode.generate(
-                    self.cfg,
-                    self.params,
-                    ids,
-                    mask,
-                    pixels,
-                    high,
+            yield (
+                start,
+                (ids, mask, pixels, high),
+                dict(
+                    options,
                     max_new_tokens=max_new_tokens,
                     stop_ids=[tok.eos_id],
                     pad_id=tok.pad_id,
-                    temperature=temperature,
-                    top_p=top_p,
-                    rng=rng,
+                    rng=jax.random.fold_in(jax.random.key(seed), c),
                     length_bucket=self.length_bucket,
                     batch_size=batch,
                     vocab_limit=tok.vocab_size,
-                )
-            outs.append(new)
+                ),
+            )
+
+    def generate_ids(
+        self,
+        prompts: Sequence[tuple[np.ndarray, list]],
+        *,
+        max_new_tokens: int = 128,
+        temperature: float = 0.0,
+        top_p: float = 1.0,
+        seed: int = 0,
+        top_k: int = 0,
+        repetition_penalty: float = 1.0,
+    ) -> np.ndarray:
+        """(prompt ids, PIL images) pairs -> new ids [N, max_new_tokens] (pad after EOS).
+
+        Greedy when temperature == 0; top_k (0 = off) and top_p filter sampled tokens;
+        repetition_penalty (1 = off) applies to both (model/decode.py).
+        """
+        if not prompts:
+            return np.zeros((0, max_new_tokens), np.int32)
+        outs = []
+        for _, arrays, options in self._requests(
+            prompts,
+            max_new_tokens,
+            temperature=temperature,
+            top_p=top_p,
+            top_k=top_k,
+            repetition_penalty=repetition_penalty,
+            seed=seed,
+        ):
+            with self._context():
+                outs.append(decode.generate(self.cfg, self.params, *arrays, **options))
         return np.concatenate(outs, axis=0)
 
-    def decode_answer(self, new_ids: Sequence[int]) -> str:
-        """New ids -> text up to the first EOS, special tokens dropped, stripped."""
-        toks = [int(x) for x in new_ids if int(x) < self.tokenizer.vocab_size]
-        if self.tokenizer.eos_id in toks:
-            toks = toks[: toks.index(self.tokenizer.eos_id)]
-        return self.tokenizer.decode(toks, skip_special=True).strip()
+    def decode_answer(self, new_ids: Sequence[int], stop: Sequence[str] = ()) -> str:
+        """New ids -> text up to the first EOS, special tokens dropped, cut before the first stop
+        string, stripped (`AnswerText`)."""
+        return AnswerText(self.tokenizer, stop).update(new_ids, final=True)
 
     def chat(
         self,
@@ -274,16 +298,168 @@ class Engine:
         temperature: float = 0.0,
         top_p: float = 1.0,
         seed: int = 0,
+        *,
+        top_k: int = 0,
+        repetition_penalty: float = 1.0,
+        stop: Sequence[str] = (),
+        stream: Callable[[int, str], None] | None = None,
+        chunk_tokens: int = 4,
     ) -> list[str]:
-        """Answer each conversation (greedy when temperature == 0). -> one answer string per conversation."""
-        new = self.generate_ids(
-            self.prompts(messages_batch, images_batch),
-            max_new_tokens=max_new_tokens,
+        """Answer each conversation -> one answer string per conversation.
+
+        Greedy when temperature == 0, else temperature + top_k (0 = off) + top_p sampling;
+        repetition_penalty (1 = off; 1.1-1.3 is usual) discourages tokens already in the prompt or
+        the answer. stop: strings that end an answer; the answer is cut before the first occurrence
+        of any of them (the string itself is not part of it). stream(index, piece) is called with
+        text pieces of conversation `index` as they are generated (decoded every `chunk_tokens`
+        tokens); its pieces concatenate to the returned answer, which is the non-streamed one.
+        Without stream and stop strings the whole answer is one device call.
+        """
+        answers = [""] * len(messages_batch)
+        for i, piece, answer in self._answers(
+            messages_batch,
+            images_batch,
+            max_new_tokens,
+            chunk_tokens if stream is not None or stop else None,
+            stop,
             temperature=temperature,
             top_p=top_p,
+            top_k=top_k,
+            repetition_penalty=repetition_penalty,
             seed=seed,
+        ):
+            if stream is not None and piece:
+                stream(i, piece)
+            if answer is not None:
+                answers[i] = answer
+        return answers
+
+    def chat_stream(
+        self,
+        messages_batch: Sequence[Conversation],
+        images_batch: Sequence[Sequence[ImageLike]] | None = None,
+        max_new_tokens: int = 128,
+        temperature: float = 0.0,
+        top_p: float = 1.0,
+        seed: int = 0,
+        *,
+        top_k: int = 0,
+        repetition_penalty: float = 1.0,
+        stop: Sequence[str] = (),
+        chunk_tokens: int = 4,
+    ) -> Iterator[tuple[int, str]]:
+        """`chat` as a generator of (conversation index, text piece), yielded as tokens are generated;
+        a conversation's pieces concatenate to its `chat` answer. Stopping early stops decoding."""
+        for i, piece, _ in self._answers(
+            messages_batch,
+            images_batch,
+            max_new_tokens,
+            chunk_tokens,
+            stop,
+            temperature=temperature,
+            top_p=top_p,
+            top_k=top_k,
+            repetition_penalty=repetition_penalty,
+            seed=seed,
+        ):
+            if piece:
+                yield i, piece
+
+    def _answers(
+        self, messages_batch, images_batch, max_new_tokens, chunk_tokens, stop, **sampling
+    ) -> Iterator[tuple[int, str, str | None]]:
+        """-> (conversation index, new text piece, its answer once complete, else None).
+
+        chunk_tokens None: one device call per batch and one piece per answer (the whole of it).
+        Otherwise decoding runs `chunk_tokens` tokens per call (decode.generate_chunks: the next call
+        is queued before the host decodes text, so the device does not wait on it) and a batch stops
+        once every answer has ended (EOS, a stop string, or max_new_tokens).
+        """
+        stop = (stop,) if isinstance(stop, str) else tuple(stop)
+        prompts = self.prompts(messages_batch, images_batch)
+        if not prompts:
+            return
+        for start, arrays, options in self._requests(prompts, max_new_tokens, **sampling):
+            texts = [AnswerText(self.tokenizer, stop) for _ in range(len(arrays[0]))]
+            chunks = decode.generate_chunks(
+                self.cfg,
+                self.params,
+                *arrays,
+                chunk_tokens=chunk_tokens or max_new_tokens,
+                **options,
+            )
+            try:
+                while any(t.answer is None for t in texts):
+                    with self._context():
+                        got = next(chunks)
+                    for r, text in enumerate(texts):
+                        final = bool(got.done[r]) or got.steps >= max_new_tokens
+                        if text.answer is not None or not (final or chunk_tokens):
+                            continue
+                        piece = text.update(got.tokens[r, : got.steps], final)
+                        if piece or text.answer is not None:
+                            yield start + r, piece, text.answer
+            finally:
+                chunks.close()
+
+
+class AnswerText:
+    """One answer as its tokens arrive: `update(all new ids so far)` -> the text not given yet.
+
+    The answer is the decode of the new ids up to the first EOS (special tokens dropped), cut before
+    the first occurrence of any stop string (found in the raw decoded text; the stop string and what
+    follows are dropped, as OpenAI's and vLLM's `stop` do), then stripped. A piece is the decode of
+    all ids so far minus what was already given, never a decode of the newest ids alone, so
+    multi-byte characters and SentencePiece's word-boundary spaces come out right. Until the answer
+    is final these are held back: a trailing U+FFFD (an incomplete UTF-8 sequence), trailing
+    whitespace (the answer is stripped) and a tail that may begin a stop string; so what was given
+    is always a prefix of the answer, and the pieces concatenate to it.
+    """
+
+    def __init__(self, tokenizer: Tokenizer, stop: Sequence[str] = ()):
+        self.tokenizer = tokenizer
+        self.stop = tuple(s for s in stop if s)
+        self.given = ""
+        self.answer: str | None = None  # set once final (EOS, a stop string, or the last token)
+
+    def text(self, new_ids: Sequence[int]) -> str:
+        """New ids -> their raw text: up to the first EOS, special tokens dropped, not stripped."""
+        toks = [int(x) for x in new_ids if int(x) < self.tokenizer.vocab_size]
+        if self.tokenizer.eos_id in toks:
+            toks = toks[: toks.index(self.tokenizer.eos_id)]
+        return self.tokenizer.decode(toks, skip_special=True)
+
+    def update(self, new_ids: Sequence[int], final: bool = False) -> str:
+        """All new ids so far -> the next piece; final: no more ids will come."""
+        text = self.text(new_ids)
+        cut = min((k for k in (text.find(s) for s in self.stop) if k >= 0), default=-1)
+        if final or cut >= 0:
+            self.answer = (text if cut < 0 else text[:cut]).strip()
+            piece, self.given = self.answer[len(self.given) :], self.answer
+            return piece
+        stable = text.lstrip().rstrip("\ufffd")
+        while True:
+            held = stable.rstrip()
+            held = held[: len(held) - self._stop_start(held)]
+            if held == stable:
+                break
+            stable = held
+        if len(stable) <= len(self.given):
+            return ""
+        piece, self.given = stable[len(self.given) :], stable
+        return piece
+
+    def _stop_start(self, text: str) -> int:
+        """The length of the longest tail of text that is a proper prefix of a stop string (0: none)."""
+        return max(
+            (
+                k
+                for s in self.stop
+                for k in range(min(len(s) - 1, len(text)), 0, -1)
+                if text.endswith(s[:k])
+            ),
+            default=0,
         )
-        return [self.decode_answer(row) for row in new]
 
 
 def check_tokenizer(cfg: ModelConfig, tok: Tokenizer) -> None:
@@ -309,6 +485,7 @@ def param_shardings(
 
 
 __all__ = [
+    "AnswerText",
     "Engine",
     "InferenceError",
     "as_messages",

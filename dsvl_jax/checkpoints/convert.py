@@ -13,7 +13,7 @@ import shutil
 import time
 
 from dsvl_jax.checkpoints.params import save_params
-from dsvl_jax.checkpoints.sources import load_model, open_model
+from dsvl_jax.checkpoints.sources import open_model
 from dsvl_jax.errors import ConfigError
 from dsvl_jax.interop.hf_export import save_hf
 from dsvl_jax.interop.hf_import import folder_layout, load_hf
@@ -64,8 +64,10 @@ def to_hf(model_dir: str, out: str, dtype: str = "float32", tokenizer: str | Non
     """Any model folder -> HF folder at `out`; with a tokenizer also the processor files."""
     t0 = time.time()
     tok = resolve_tokenizer(model_dir, tokenizer)
-    cfg, params = load_model(model_dir)
-    files = save_hf(out, cfg, params, dtype=dtype, tokenizer=tok)
+    src = open_model(model_dir)
+    cfg, params = src.cfg, src.params()
+    # the chat template's default system prompt: the one the model was trained with, if recorded
+    files = save_hf(out, cfg, params, dtype=dtype, tokenizer=tok, system=src.system_prompt)
     res = {
         "command": "to-hf",
         "checkpoint": model_dir,
@@ -73,6 +75,7 @@ def to_hf(model_dir: str, out: str, dtype: str = "float32", tokenizer: str | Non
         "files": files,
         "dtype": dtype,
         "tokenizer": tok,
+        "system_prompt": src.system_prompt,
     }
     if tok is None:
         res["warning"] = (

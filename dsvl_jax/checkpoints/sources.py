@@ -24,6 +24,8 @@ import numpy as np
 
 from dsvl_jax.checkpoints import params as P
 from dsvl_jax.checkpoints import run as R
+from dsvl_jax.checkpoints.talk import TALK_DIR, read_talk
+from dsvl_jax.data.template import system_prompt
 from dsvl_jax.data.tokenizer import find_tokenizer
 from dsvl_jax.errors import CheckpointError
 from dsvl_jax.interop import hf_import
@@ -47,6 +49,8 @@ class ModelSource:
     cfg: ModelConfig
     tokenizer: str | None  # the tokenizer stored with it (file or folder), None when there is none
     layout: str = ""  # how `path` stores them: "params", "step" or "hf" (default: the kind's)
+    # the system prompt text the model was trained with (talk.py), None when not recorded
+    system_prompt: str | None = None
 
     def params(self, cfg: ModelConfig | None = None, shardings=None) -> Params:
         cfg = cfg or self.cfg
@@ -75,17 +79,27 @@ def open_model(path: str | os.PathLike) -> ModelSource:
     if not os.path.isdir(path):
         raise CheckpointError(f"{path}: no such folder")
     if P.is_params_checkpoint(path):
-        return ModelSource("params", path, P.read_model_config(path), find_tokenizer(path))
+        talk = read_talk(path)
+        tok = (talk and talk.tokenizer) or find_tokenizer(path)
+        system = talk.system_prompt if talk else None
+        return ModelSource("params", path, P.read_model_config(path), tok, system_prompt=system)
     if R.step_of(path) is not None:
-        conf = _run_config(os.path.dirname(os.path.dirname(path)))
-        return ModelSource("step", path, _model_config(conf), _tokenizer(conf))
+        run = os.path.dirname(os.path.dirname(path))
+        conf = _run_config(run)
+        tok, system = _run_talk(run, conf)
+        return ModelSource("step", path, _model_config(conf), tok, system_prompt=system)
     if is_run_dir(path):
         conf = _run_config(path)
         final = os.path.join(path, FINAL_DIR)
         if P.is_params_checkpoint(final):
             src = open_model(final)
+            tok, system = _run_talk(path, conf)
             return dataclasses.replace(
-                src, kind="run", layout="params", tokenizer=src.tokenizer or _tokenizer(conf)
+                src,
+                kind="run",
+                layout="params",
+                tokenizer=src.tokenizer or tok,
+                system_prompt=system if src.system_prompt is None else src.system_prompt,
             )
         steps = R.saved_steps(os.path.join(path, STEPS_DIR))
         if not steps:
@@ -93,7 +107,8 @@ def open_model(path: str | os.PathLike) -> ModelSource:
                 f"{path}: a run folder with neither {FINAL_DIR}/ nor a saved step yet"
             )
         step_dir = os.path.join(path, STEPS_DIR, str(steps[-1]))
-        return ModelSource("run", step_dir, _model_config(conf), _tokenizer(conf), "step")
+        tok, system = _run_talk(path, conf)
+        return ModelSource("run", step_dir, _model_config(conf), tok, "step", system)
     if os.path.isfile(os.path.join(path, "config.json")):
         with open(os.path.join(path, "config.json")) as f:
             conf = json.load(f)
@@ -130,6 +145,16 @@ def _model_config(conf: dict) -> ModelConfig:
     if not isinstance(model, dict):
         raise CheckpointError(f"{conf['__file__']}: no model section")
     return model_config_from_dict(model)
+
+
+def _run_talk(run: str, conf: dict) -> tuple[str | None, str | None]:
+    """(tokenizer, system prompt text) a run trained with: its talk/ record (the tokenizer copied at
+    start-up), else what its config.json says (older runs)."""
+    talk = read_talk(os.path.join(run, TALK_DIR))
+    if talk is not None:
+        return talk.tokenizer or _tokenizer(conf), talk.system_prompt
+    setting = (conf.get("data") or {}).get("system_prompt")
+    return _tokenizer(conf), None if setting is None else system_prompt(setting)
 
 
 def _tokenizer(conf: dict) -> str | None:

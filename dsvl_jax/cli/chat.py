@@ -6,12 +6,18 @@ is kept. `/image PATH` attaches an image to the next question, `/reset` starts o
 or EOF quits. --checkpoint is any model folder (a run dir: its final/ or latest step; a step
 checkpoint; a params checkpoint; an HF folder); its stored tokenizer is used unless --tokenizer
 names another. Images are placed before the question (IMAGE_TAG + "\\n" + question).
+
+Answers are printed as they are generated (--nostream: once complete; the text is the same).
+Sampling: --temperature, --top_k, --top_p; --repetition_penalty applies to greedy answers too.
+--stop strings end an answer before them (`\\n` and `\\t` in a flag stand for newline and tab).
 """
 
 from __future__ import annotations
 
 import os
+import re
 import sys
+from collections.abc import Iterable
 
 from absl import app, flags
 
@@ -37,11 +43,34 @@ def define_flags() -> None:
         "image", [], "Image file for the (first) question; repeat for several."
     )
     flags.DEFINE_integer("max_new_tokens", 128, "Most tokens generated per answer.")
-    flags.DEFINE_float("temperature", 0.0, "0 = greedy; > 0 samples with temperature + top-p.")
+    flags.DEFINE_float(
+        "temperature", 0.0, "0 = greedy; > 0 samples with temperature + top-k + top-p."
+    )
+    flags.DEFINE_integer(
+        "top_k", 0, "Sample among the k most likely tokens (with --temperature > 0); 0 = all."
+    )
     flags.DEFINE_float("top_p", 1.0, "Nucleus sampling mass (with --temperature > 0).")
+    flags.DEFINE_float(
+        "repetition_penalty",
+        1.0,
+        "> 1 discourages tokens already in the conversation or the answer (divides their positive "
+        "logits, multiplies negative ones; 1.1-1.3 is usual); 1 = off. Greedy or sampled.",
+    )
+    flags.DEFINE_multi_string(
+        "stop",
+        [],
+        "A string that ends the answer (cut before it, not printed); repeat for several. "
+        "\\n and \\t stand for newline and tab.",
+    )
+    flags.DEFINE_boolean(
+        "stream", True, "Print the answer as it is generated (--nostream: once complete)."
+    )
     flags.DEFINE_integer("seed", 0, "Sampling seed.")
     flags.DEFINE_string(
-        "system", "default", "System prompt: 'default' = DeepSeek-VL's, '' = none, else the text."
+        "system",
+        None,
+        "System prompt; default: the one the model was trained with (recorded in its checkpoint), "
+        "else DeepSeek-VL's. 'default' = DeepSeek-VL's, '' = none, else the text.",
     )
     flags.DEFINE_list(
         "mesh",
@@ -87,10 +116,33 @@ def load_engine():
     )
 
 
+def unescape(text: str) -> str:
+    """A --stop value as typed -> the string: \\n newline, \\t tab, \\\\ backslash."""
+    return re.sub(r"\\([nt\\])", lambda m: {"n": "\n", "t": "\t"}.get(m[1], "\\"), text)
+
+
+def show(answer: str | Iterable[str], stdout) -> str:
+    """Print an answer (its text, or its pieces as they come) and a newline -> the answer's text.
+
+    A request error raised by the first piece leaves stdout untouched.
+    """
+    pieces = iter([answer] if isinstance(answer, str) else answer)
+    text = next(pieces, "")
+    print(text, end="", file=stdout, flush=True)
+    try:
+        for piece in pieces:
+            print(piece, end="", file=stdout, flush=True)
+            text += piece
+    finally:
+        print(file=stdout, flush=True)
+    return text
+
+
 def interactive(ask, images: list, stdin=None, stdout=None, stderr=None) -> None:
     """One question per line; the conversation (and its images) is kept until /reset.
 
-    ask(messages, images) -> answer text. `images` attach to the first question.
+    ask(messages, images) -> the answer text, or an iterable of its pieces (printed as they come).
+    `images` attach to the first question.
     """
     from dsvl_jax.data.records import IMAGE_TAG, BadRecord, Message
 
@@ -115,11 +167,10 @@ def interactive(ask, images: list, stdin=None, stdout=None, stderr=None) -> None
             continue
         question = Message("user", (IMAGE_TAG * len(pending) + "\n" if pending else "") + line)
         try:
-            text = ask(history + [question], history_images + pending)
+            text = show(ask(history + [question], history_images + pending), stdout)
         except ValueError as e:
             print(f"chat: error: {command.one_line(str(e))}", file=stderr, flush=True)
             continue
-        print(text, file=stdout, flush=True)
         if text:  # an empty answer cannot be a turn of the template; that exchange is not kept
             history += [question, Message("assistant", text)]
             history_images += pending
@@ -128,24 +179,35 @@ def interactive(ask, images: list, stdin=None, stdout=None, stderr=None) -> None
 
 def main(argv: list[str]) -> None:
     question = " ".join(argv).strip()
+    if FLAGS.top_k < 0:
+        raise app.UsageError(f"--top_k={FLAGS.top_k}: expected >= 0 (0 = off)")
+    if not FLAGS.repetition_penalty > 0:
+        raise app.UsageError(
+            f"--repetition_penalty={FLAGS.repetition_penalty}: expected > 0 (1 = off)"
+        )
+    stop = [unescape(s) for s in FLAGS.stop]
     images = read_images(FLAGS.image)  # before the (slow) model load
     command.setup_device_process()
     engine = load_engine()
+    options = dict(
+        max_new_tokens=FLAGS.max_new_tokens,
+        temperature=FLAGS.temperature,
+        top_p=FLAGS.top_p,
+        seed=FLAGS.seed,
+        top_k=FLAGS.top_k,
+        repetition_penalty=FLAGS.repetition_penalty,
+        stop=stop,
+    )
 
-    def ask(messages, imgs) -> str:
-        return engine.chat(
-            [messages],
-            [imgs],
-            max_new_tokens=FLAGS.max_new_tokens,
-            temperature=FLAGS.temperature,
-            top_p=FLAGS.top_p,
-            seed=FLAGS.seed,
-        )[0]
+    def ask(messages, imgs) -> str | Iterable[str]:
+        if FLAGS.stream:
+            return (piece for _, piece in engine.chat_stream([messages], [imgs], **options))
+        return engine.chat([messages], [imgs], **options)[0]
 
     if not question:
         interactive(ask, images)
         return
-    print(ask(question, images), flush=True)
+    show(ask(question, images), sys.stdout)
 
 
 def entry() -> None:

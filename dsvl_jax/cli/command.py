@@ -85,23 +85,88 @@ def _flag_args(argv: list[str]) -> list[str]:
     return argv[: argv.index("--")] if "--" in argv else argv
 
 
-def _parse_error(argv: list[str], exc: Exception) -> str:
-    """A flag-parsing failure, with the flag at fault named where absl or ml_collections do not."""
+def _parse_error(argv: list[str], exc: Exception, config_names: tuple[str, ...] = ()) -> str:
+    """A flag-parsing failure, with the flag at fault named where absl or ml_collections do not:
+    an override of a field the config lacks (with the closest names), a config file that raised."""
+    if why := _override_error(argv, config_names, exc):
+        return why
+    if why := _config_file_error(argv, exc, config_names or ("config",)):
+        return why
     if isinstance(exc, flags.Error):
         return str(exc)
     config = next((a for a in _flag_args(argv) if a.startswith("--config=")), "")
-    # ml_collections raises AttributeError('field') for an override of a field the config lacks
-    if isinstance(exc, AttributeError) and exc.args:
-        field = str(exc.args[0]).strip("'\"")
-        hits = [
-            a
-            for a in _flag_args(argv)
-            if a.startswith("--config.") and a.split("=", 1)[0].split(".")[-1] == field
-        ]
-        if hits:
-            return f"{hits[0]}: the config has no field {field!r}"
     where = f"{config}: " if config else ""
     return where + _describe(exc)
+
+
+def _given(argv: list[str], name: str, exc: BaseException | None = None) -> str:
+    """The value of `--name=v` / `--name v` in argv, else the flag's default (as text), else ""."""
+    args = _flag_args(argv)
+    for i, a in enumerate(args):
+        if a.startswith(f"--{name}="):
+            return a.split("=", 1)[1]
+        if a == f"--{name}" and i + 1 < len(args):
+            return args[i + 1]
+    if name in FLAGS:
+        return (FLAGS[name].default_as_str or "").strip("'\"")
+    # a default config that failed while its flag was being defined: the path its parser was given
+    tb = exc.__traceback__ if exc is not None else None
+    for frame, _ in traceback.walk_tb(tb):
+        flag, arg = frame.f_locals.get("self"), frame.f_locals.get("argument")
+        if isinstance(flag, flags.Flag) and flag.name == name and isinstance(arg, str):
+            return arg
+    return ""
+
+
+def _override_error(argv: list[str], names: tuple[str, ...], exc: BaseException) -> str | None:
+    """`--<name>.a.b=v` naming no field of config `name`: which section, the closest names.
+    ml_collections applies overrides while it loads the file and keeps nothing when one fails, so the
+    file is loaded again here (config.load_experiment) to see its fields."""
+    from dsvl_jax.config import field_error, load_experiment
+
+    for name in names:
+        overrides = [a for a in _flag_args(argv) if a.startswith(f"--{name}.")]
+        given = _given(argv, name, exc)
+        if not overrides or not given:
+            continue
+        path, _, arg = given.partition(":")
+        try:
+            cfg = load_experiment(path, arg)
+        except Exception:  # noqa: BLE001 - a file that does not load is reported as such elsewhere
+            continue
+        for a in overrides:
+            if why := field_error(cfg, a.split("=", 1)[0][len(name) + 3 :]):
+                return f"{a}: {why}"
+    return None
+
+
+def _config_file_error(argv: list[str], exc: BaseException, names: tuple[str, ...]) -> str | None:
+    """A config file whose get_config raised (ml_collections wraps a ValueError / TypeError in a
+    message holding the whole traceback): the original error and the file's line, on one line."""
+    chain, e = [], exc
+    while e is not None and e not in chain:
+        chain.append(e)
+        e = e.__cause__ or e.__context__
+    marked = [i for i, e in enumerate(chain) if "Error whilst parsing config" in str(e)]
+    if not marked:
+        return None
+    wrapper = marked[-1]
+    orig = chain[wrapper + 1] if wrapper + 1 < len(chain) else chain[wrapper]
+    if orig is chain[wrapper]:  # no original kept: the traceback's last line names it
+        lines = [ln for ln in str(orig).splitlines() if ln.strip()]
+        what = lines[-1].strip() if lines else str(orig)
+    else:
+        what = _describe(orig)
+    name = next((n for n in names if _given(argv, n)), names[0])
+    given = f"--{name}={_given(argv, name)}"
+    path = _given(argv, name).split(":", 1)[0]
+    frames = [
+        f
+        for f in traceback.extract_tb(orig.__traceback__)
+        if os.path.abspath(f.filename) == os.path.abspath(path)
+    ]
+    at = f" ({os.path.basename(path)}, line {frames[-1].lineno})" if frames else ""
+    return f"{given}: the config file raised {what}{at}"
 
 
 def _check_configs(names: list[str], argv: list[str]) -> None:
@@ -163,7 +228,8 @@ def run(
         try:
             define_flags()
         except Exception as e:  # noqa: BLE001 - a default config that does not load, or a bad override of it
-            _fail(name, e if isinstance(e, ConfigError) else _parse_error(argv, e), USAGE_EXIT)
+            why = e if isinstance(e, ConfigError) else _parse_error(argv, e, config_flags)
+            _fail(name, why, USAGE_EXIT)
     if "verbose" not in FLAGS:
         flags.DEFINE_bool("verbose", False, "On an error, also print the full traceback.")
     if any(a in HELP_ARGS for a in _flag_args(argv)[1:]):
@@ -179,7 +245,11 @@ def run(
             _check_configs(list(config_flags), args)
             return rest
         except Exception as e:  # noqa: BLE001 - every parse failure is a usage error
-            _fail(name, e if isinstance(e, ConfigError) else _parse_error(args, e), USAGE_EXIT)
+            _fail(
+                name,
+                e if isinstance(e, ConfigError) else _parse_error(args, e, config_flags),
+                USAGE_EXIT,
+            )
 
     def wrapped(args: list[str]) -> None:
         try:

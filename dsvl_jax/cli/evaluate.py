@@ -58,7 +58,10 @@ def define_flags() -> None:
     flags.DEFINE_integer("max_new_tokens", 16, "Most tokens generated per answer.", lower_bound=1)
     flags.DEFINE_integer("limit", None, "Evaluate only the first N rows of --data.")
     flags.DEFINE_string(
-        "system", "default", "System prompt: 'default' = DeepSeek-VL's, '' = none, else the text."
+        "system",
+        None,
+        "System prompt; default: the one the model was trained with (recorded in its checkpoint), "
+        "else DeepSeek-VL's. 'default' = DeepSeek-VL's, '' = none, else the text.",
     )
     flags.DEFINE_enum(
         "dtype",

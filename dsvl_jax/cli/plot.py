@@ -1,7 +1,8 @@
 """PNG curves from runs' metrics.jsonl: one figure per quantity, one line per run.
 
-Positional arguments are run folders; a folder without metrics.jsonl stands for the runs right below
-it (`plot runs/demo` draws its stage1/2/3). The PNGs go to --out (default: <first run>/plots).
+Positional arguments are run folders; a folder without metrics.jsonl stands for every run below it, at
+any depth (`plot runs/demo` draws its stage1/2/3, `plot runs/sweep` each point), labelled by relative
+path. The PNGs go to --out (default: <first folder>/plots).
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ EXAMPLE = "python -m dsvl_jax.plot runs/demo --out=runs/demo/plots"
 
 
 def define_flags() -> None:
-    flags.DEFINE_string("out", None, "Folder for the PNGs (default: <first run>/plots).")
+    flags.DEFINE_string("out", None, "Folder for the PNGs (default: <first folder>/plots).")
 
 
 def main(argv: list[str]) -> None:

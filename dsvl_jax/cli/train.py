@@ -32,6 +32,7 @@ def define_flags() -> None:
 
 def main(argv: list[str]) -> None:
     command.check_usage(argv, required=("config", "workdir"))
+    check_data(FLAGS.config)
     command.setup_device_process()
     from dsvl_jax.train.loop import train
 
@@ -49,6 +50,17 @@ def main(argv: list[str]) -> None:
         ),
         flush=True,
     )
+
+
+def check_data(cfg) -> None:
+    """Every source the run reads (and, when it evaluates, their held-out splits) is prepared: one
+    error naming the missing ones and the commands that write them, before jax loads."""
+    from dsvl_jax.data.shards import check_sources
+
+    evaluating = bool(cfg.eval.every_steps and cfg.eval.sources)
+    check_sources(cfg.data.sources, holdout=evaluating)
+    if evaluating:
+        check_sources(cfg.eval.sources)
 
 
 def entry() -> None:

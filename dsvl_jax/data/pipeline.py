@@ -31,7 +31,7 @@ from dsvl_jax import compat
 from dsvl_jax.data import preprocess, records, template, tokenizer
 from dsvl_jax.data.mixture import GROUPS, MULTIMODAL, TEXT, Mixer, RatioSchedule
 from dsvl_jax.data.packing import RowPacker, Sample
-from dsvl_jax.data.shards import open_source
+from dsvl_jax.data.shards import check_sources, open_source
 from dsvl_jax.data.splitting import split_sample
 from dsvl_jax.errors import Error
 from dsvl_jax.model.config import model_config_from_dict
@@ -506,6 +506,7 @@ def source_labels(d) -> list[tuple[str, str]]:
 
 def open_configured_sources(d) -> list[SourceSpec]:
     """`data.sources` entries -> SourceSpecs over prepared shard folders (see data/shards.py)."""
+    check_sources(d.sources)  # every missing source in one error, with the commands that write it
     out = []
     for name, s in d.sources.items():
         group = s.get("group", "") or ""

@@ -13,7 +13,7 @@ dataset; `open_sources(path)` returns all of them. Reading needs no TensorFlow a
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 
 from dsvl_jax.data import records
 from dsvl_jax.errors import ConfigError
@@ -119,6 +119,60 @@ def open_sources(path: str, split: str = "train") -> dict[str, ShardSource]:
     if not found:
         raise DataNotFound(f"{path}: no prepared dataset (a dataset dir holds {INFO_FILE}); {HINT}")
     return {os.path.relpath(d, path): ShardSource(d, split) for d in found}
+
+
+def check_sources(sources: Mapping[str, Mapping], *, holdout: bool = False) -> None:
+    """DataNotFound naming every configured source (`data.sources` / `eval.sources`: name ->
+    {path, kind, ...}) whose path holds no prepared dataset, with the commands that write it.
+    `holdout`: the run also evaluates on <path>/heldout, so the commands write that split too."""
+    missing = [
+        (n, s["path"], s.get("kind", "") or n) for n, s in sources.items() if not _found(s["path"])
+    ]
+    if missing:
+        raise DataNotFound(_missing_message(missing, holdout))
+
+
+def _found(path: str) -> bool:
+    try:
+        return bool(find_datasets(path))
+    except DataNotFound:
+        return False
+
+
+def _missing_message(missing: list[tuple[str, str, str]], holdout: bool) -> str:
+    def where(path: str) -> str:
+        return f"{path}, no prepared dataset in it" if os.path.isdir(path) else path
+
+    missing = [(n, p.rstrip(os.sep), k) for n, p, k in missing]
+    split = [m for m in missing if os.path.basename(m[1]) == HELDOUT]
+    if split:  # the data is there, its held-out split is not
+        names = ", ".join(f"{n!r} ({where(p)})" for n, p, _ in split)
+        return (
+            f"no held-out split for source {names}: the run evaluates on it; write the data again with a "
+            "held-out share (`python -m dsvl_jax.data generate|prepare ... --holdout 0.01 --overwrite`), "
+            "or evaluate nothing: --config.eval.every_steps=0"
+        )
+    names = ", ".join(f"{n!r} ({where(p)})" for n, p, _ in missing)
+    # sources in the data_root layout (set_sources: <root>/dsvl_<kind>) are what `generate` writes
+    layout = [(os.path.dirname(p), k) for _, p, k in missing if os.path.basename(p) == f"dsvl_{k}"]
+    fixes = []
+    if layout:
+        roots = sorted({r for r, _ in layout})
+        kinds = ",".join(dict.fromkeys(k for _, k in layout))
+        fixes.append(
+            f"`python -m dsvl_jax.data generate --out {roots[0] if len(roots) == 1 else 'DATA_ROOT'}"
+            f" --kinds {kinds}{' --holdout 0.01' if holdout else ''}` (the embedded stand-in corpora)"
+        )
+    custom = [(n, p) for n, p, k in missing if os.path.basename(p) != f"dsvl_{k}"]
+    name, out = custom[0] if custom else (missing[0][0], "DIR")
+    fixes.append(
+        f"`python -m dsvl_jax.data prepare --format F --input PATH --out {out}"
+        f"{' --holdout 0.01' if holdout else ''}` (your own data)"
+        + ("" if custom else f" with --config.data.sources.{name}.path=DIR")
+    )
+    if layout:
+        fixes.append("--config.data_root=DIR where the corpora already are")
+    return f"no prepared data for source {names}; write {'them' if len(missing) > 1 else 'it'}: {'; or '.join(fixes)}"
 
 
 def iter_examples(paths: Iterable[str]) -> Iterator[records.Example]:

@@ -49,18 +49,21 @@ def save_hf(
     dtype: str = "float32",
     max_shard_bytes: int = DEFAULT_SHARD_BYTES,
     tokenizer: str | None = None,
+    system: str | None = None,
 ) -> list[str]:
     """Write config.json + safetensors (sharded with an index past max_shard_bytes). Returns file names.
 
     `tokenizer` (a SentencePiece .model, a tokenizer.json or its folder) adds the tokenizer/processor
-    files (hf_processor.save_processor) and the special-token ids to config.json's text_config.
+    files (hf_processor.save_processor) and the special-token ids to config.json's text_config;
+    `system` is the exported chat template's default system prompt (None: DeepSeek-VL's).
     """
     os.makedirs(folder, exist_ok=True)
     tensors = export_tensors(cfg, params, dtype)
     conf = to_hf(cfg, dtype)
     extra: list[str] = []
     if tokenizer is not None:
-        tok, extra = save_processor(folder, cfg, tokenizer)
+        kw = {} if system is None else {"system": system}
+        tok, extra = save_processor(folder, cfg, tokenizer, **kw)
         conf["text_config"].update(token_ids(tok))
     with open(os.path.join(folder, "config.json"), "w") as f:
         json.dump(conf, f, indent=2)

@@ -41,6 +41,7 @@ import os
 from pathlib import Path
 from typing import Any
 
+from dsvl_jax import compat
 from dsvl_jax.data.preprocess import image_spec
 from dsvl_jax.data.template import DEFAULT_SYSTEM_PROMPT
 from dsvl_jax.data.tokenizer import (
@@ -68,8 +69,7 @@ class ExportError(ValueError):
 
 
 def _proto(model: bytes):
-    from sentencepiece import sentencepiece_model_pb2 as pb
-
+    pb = compat.sentencepiece_model_pb2()
     p = pb.ModelProto()
     p.ParseFromString(model)
     return p
@@ -314,6 +314,7 @@ def write_tokenizer(
     cfg: ModelConfig | None = None,
     *,
     model_max_length: int | None = None,
+    system: str = DEFAULT_SYSTEM_PROMPT,
 ) -> tuple[Tokenizer, list[str]]:
     """tokenizer.json + tokenizer_config.json + special_tokens_map.json + chat_template.jinja into `folder`.
 
@@ -363,7 +364,7 @@ def write_tokenizer(
         json.dumps(stm, indent=2, ensure_ascii=False), encoding="utf-8"
     )
     (folder / "chat_template.jinja").write_text(
-        chat_template(eos=tok.eos_text, image=tok.image_text), encoding="utf-8"
+        chat_template(system, eos=tok.eos_text, image=tok.image_text), encoding="utf-8"
     )
     return tok, [
         "tokenizer.json",
@@ -374,11 +375,17 @@ def write_tokenizer(
 
 
 def save_processor(
-    folder: str | os.PathLike, cfg: ModelConfig, tokenizer: str | os.PathLike
+    folder: str | os.PathLike,
+    cfg: ModelConfig,
+    tokenizer: str | os.PathLike,
+    system: str = DEFAULT_SYSTEM_PROMPT,
 ) -> tuple[Tokenizer, list[str]]:
-    """All tokenizer + processor + generation files of an export. Returns (tokenizer, file names)."""
+    """All tokenizer + processor + generation files of an export. Returns (tokenizer, file names).
+    `system`: the chat template's default system prompt (the one the model was trained with)."""
     folder = Path(folder)
-    tok, files = write_tokenizer(folder, tokenizer, cfg, model_max_length=cfg.llm.max_position)
+    tok, files = write_tokenizer(
+        folder, tokenizer, cfg, model_max_length=cfg.llm.max_position, system=system
+    )
     for name, data in (
         ("preprocessor_config.json", image_processor_config(cfg)),
         ("processor_config.json", processor_config(cfg)),

@@ -17,7 +17,6 @@ import dataclasses
 import json
 import logging
 import os
-import shutil
 import signal
 import time
 from typing import Any
@@ -27,6 +26,7 @@ import jax
 from dsvl_jax.checkpoints import FINAL_DIR, ModelSource, RunCheckpoints, open_model, save_params
 from dsvl_jax.checkpoints.run import saved_steps
 from dsvl_jax.checkpoints.sources import RUN_CONFIG, STEPS_DIR
+from dsvl_jax.checkpoints.talk import TALK_DIR, write_talk
 from dsvl_jax.data import pipeline
 from dsvl_jax.errors import CheckpointError, ConfigError, Preempted
 from dsvl_jax.model.config import ModelConfig, architecture_diff, model_config_from_dict
@@ -111,6 +111,8 @@ def setup(cfg, workdir: str) -> Run:
         os.makedirs(workdir, exist_ok=True)
         with open(os.path.join(workdir, RUN_CONFIG), "w") as f:
             f.write(cfg.to_json_best_effort(indent=2))
+        # how this model talks, for every step checkpoint of the run (checkpoints/talk.py)
+        write_talk(os.path.join(workdir, TALK_DIR), cfg.data.system_prompt, cfg.data.tokenizer)
     c = cfg.checkpoint
     ckpts = RunCheckpoints(
         os.path.join(workdir, STEPS_DIR),
@@ -287,10 +289,9 @@ def finish(run: Run, step: int) -> str:
     if step >= run.cfg.train.steps:
         final = os.path.join(run.workdir, FINAL_DIR)
         save_params(final, run.mcfg, run.state.params)
-        tok = run.cfg.data.tokenizer
-        # the params travel with their tokenizer (chat, export)
-        if run.main and tok and os.path.isfile(tok):
-            shutil.copy(tok, os.path.join(final, os.path.basename(tok)))
+        # the params travel with their tokenizer and system prompt (chat, evaluate, export)
+        if run.main:
+            write_talk(final, run.cfg.data.system_prompt, run.cfg.data.tokenizer)
     if run.main:
         with open(os.path.join(run.workdir, "data_stats.json"), "w") as fh:
             json.dump(pipeline.iterator_stats(run.data_iter), fh, indent=1)

@@ -1,7 +1,8 @@
 """PNG curves from runs' metrics.jsonl: one figure per quantity, one line per run.
 
 Stage 1 -> 2 -> 3 of a pipeline read side by side. A folder without metrics.jsonl stands for the run
-folders right below it (e.g. `runs/demo` -> its stage1/, stage2/, stage3/).
+folders at any depth below it (`runs/demo` -> its stage1/, stage2/, stage3/; a sweep -> its points),
+each curve labelled by the run's path relative to the folder above them all.
 """
 
 from __future__ import annotations
@@ -24,24 +25,34 @@ PANELS = (
 )
 
 
-def run_dirs(paths: list[str]) -> list[str]:
-    """The run folders (holding metrics.jsonl) named by `paths`, or found one level below them."""
-    out = []
+def run_dirs(paths: list[str]) -> dict[str, str]:
+    """{label: run folder} of the runs (folders holding metrics.jsonl) that `paths` name or hold at any
+    depth (a demo's stage folders, a sweep's points); labels are paths relative to the folder above
+    them all (`stage1`, `sweep/lr=0.001`); a run's own sub-folders are not searched."""
+    found = []
     for p in paths:
-        if os.path.isfile(os.path.join(p, METRICS_FILE)):
-            out.append(p)
+        if _is_run(p):
+            found.append((os.path.dirname(os.path.abspath(p)), os.path.abspath(p)))
             continue
-        below = sorted(
-            os.path.join(p, d)
-            for d in (os.listdir(p) if os.path.isdir(p) else ())
-            if os.path.isfile(os.path.join(p, d, METRICS_FILE))
-        )
+        below = []
+        for root, dirs, _ in os.walk(p):
+            dirs.sort()
+            if root != p and _is_run(root):
+                below.append(os.path.abspath(root))
+                dirs[:] = []  # checkpoints/, tensorboard/, ...
+            else:
+                dirs[:] = [d for d in dirs if not d.startswith(".")]
         if not below:
             raise ConfigError(
-                f"{p}: no {METRICS_FILE} in it or in its sub-folders (not a run folder)"
+                f"{p}: no {METRICS_FILE} in it or in any folder below it (not a run folder)"
             )
-        out += below
-    return out
+        found += [(os.path.abspath(p), r) for r in below]
+    base = os.path.commonpath([b for b, _ in found])
+    return {os.path.relpath(r, base): r for _, r in found}
+
+
+def _is_run(path: str) -> bool:
+    return os.path.isfile(os.path.join(path, METRICS_FILE))
 
 
 def plot(runs: list[str], out: str) -> list[str]:
@@ -51,14 +62,15 @@ def plot(runs: list[str], out: str) -> list[str]:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    data = {r: read_metrics(os.path.join(r, METRICS_FILE)) for r in run_dirs(runs)}
+    data = {
+        label: read_metrics(os.path.join(r, METRICS_FILE)) for label, r in run_dirs(runs).items()
+    }
     os.makedirs(out, exist_ok=True)
     written = []
     for name, keys, title in PANELS:
         fig, ax = plt.subplots(figsize=(6, 3.5))
         drawn = 0
-        for run, recs in data.items():
-            label = os.path.basename(os.path.normpath(run))
+        for label, recs in data.items():
             for k in keys:
                 pts = [(r["step"], r[k]) for r in recs if isinstance(r.get(k), (int, float))]
                 if pts:

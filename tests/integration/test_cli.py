@@ -1,6 +1,7 @@
 """The commands users type: `python -m dsvl_jax.convert` both ways and `python -m dsvl_jax.demo`."""
 
 import json
+import re
 
 import numpy as np
 
@@ -13,8 +14,23 @@ def _run(command, *args):
     return p
 
 
+def _strict_json(line: str) -> dict:
+    """JSON as the spec has it: NaN / Infinity (which json.dumps writes by default) refused."""
+
+    def refuse(name):
+        raise ValueError(f"non-finite {name} in {line[:200]}")
+
+    return json.loads(line, parse_constant=refuse)
+
+
+# a tqdm bar with elapsed<remaining and its rate, e.g. "2/3 [00:11<00:05,  5.89s/step"
+_STEP_BAR = re.compile(r"\d+/\d+ \[\d\d:\d\d<\d\d:\d\d, +[\d.]+(s/step|step/s)")
+
+
 def test_demo_then_convert_round_trip(tmp_path):
-    """The main job at toy scale (3 stages, a few steps each), then its final params -> HF -> back."""
+    """The main job at toy scale (3 stages, a few steps each), then its final params -> HF -> back.
+    Every phase shows progress on stderr; stdout ends with one strict JSON line with a showcase; a
+    rerun of the finished demo prints the same JSON from result.json without training."""
     out = tmp_path / "demo"
     small = [
         "--config.stage1.train.steps=2",
@@ -24,8 +40,7 @@ def test_demo_then_convert_round_trip(tmp_path):
         "--config.stage3.eval.qa_items=4",
         "--config.stage2.train.seq_len=128",
     ]
-    p = _run(
-        "demo",
+    args = (
         "--config=experiments/demo.py:tiny",
         f"--config.out_dir={out}",
         "--config.corpus.n=8",
@@ -34,13 +49,40 @@ def test_demo_then_convert_round_trip(tmp_path):
         "--config.corpus.tokenizer_vocab=400",
         *small,
     )
-    res = json.loads(p.stdout.strip().splitlines()[-1])
-    assert (
-        0.0 <= res["accuracy"] <= 1.0
-        and 0.0 < res["chance"] <= 1.0
-        and res["chat"]["answer"] is not None
-    )
+    p = _run("demo", *args)
+    lines = p.stdout.strip().splitlines()
+    res = _strict_json(lines[-1])
+    assert 0.0 <= res["accuracy"] <= 1.0 and 0.0 < res["chance"] <= 1.0 and res["qa_items"] == 4
     assert [res["stages"][s]["steps"] for s in ("stage1", "stage2", "stage3")] == [2, 2, 3]
+    show = res["showcase"]
+    assert len(show) == 3 and all(
+        isinstance(s["question"], str)
+        and s["question"]
+        and isinstance(s["answer"], str)
+        and isinstance(s["expected"], str)
+        and s["expected"]
+        and s["correct"] == (s["answer"] == s["expected"])
+        and (out / "showcase" / f"{i}.png").exists()
+        for i, s in enumerate(show)
+    ), show
+    # the human-readable lines before the JSON: the accuracy, then each item with its expected answer
+    assert lines[0].startswith("held-out accuracy") and len(lines) == 2 + len(show)
+    assert all(repr(s["expected"]) in ln for s, ln in zip(show, lines[1:-1]))
+    # progress on stderr, phase by phase: corpus, tokenizer, each stage's step bar, the eval
+    err = p.stderr
+    for bar in (
+        r"dsvl_chart: +\d+%",
+        r"tokenizer: reading text: +\d+%",
+        r"eval: held-out[^%]*100%",
+    ):
+        assert re.search(bar, err), bar
+    assert "stage1: 2 steps" in err and "stage3: 3 steps" in err
+    assert len(_STEP_BAR.findall(err)) >= 3, err[-3000:]
+    # a finished demo run again: the stored result, strictly the same, nothing trained
+    again = _run("demo", *args)
+    assert _strict_json(again.stdout.strip().splitlines()[-1]) == res
+    assert again.stdout == p.stdout
+    assert "already finished" in again.stderr and not _STEP_BAR.search(again.stderr)
     for f in (
         "stage3/final/model_config.json",
         "stage3/final/tokenizer.model",

@@ -87,6 +87,102 @@ def test_config_errors_are_usage_errors():
     )
 
 
+BROKEN_CONFIGS = {  # a config file that does not load: its name -> its text
+    "syntax.py": "def get_config(arg=None):\n    return (\n",
+    "raises.py": "def get_config(arg=None):\n    raise ValueError('no such recipe')\n",
+}
+# a newcomer's mistakes: (command, args, fragments of the one line); {tmp} is the test's tmp_path
+MISTAKES = {
+    "misspelt key": (
+        "train",
+        (STAGE1, "--workdir=x", "--config.train.lrr=1"),
+        ("--config.train.lrr=1", "train has no field 'lrr'", "closest: lr"),
+    ),
+    "misspelt nested key": (
+        "train",
+        (STAGE1, "--workdir=x", "--config.model.llm.nheads=2"),
+        ("model.llm has no field 'nheads'", "closest: heads"),
+    ),
+    "unknown source": (
+        "train",
+        (STAGE1, "--workdir=x", "--config.data.sources.mine.path=d"),
+        ("data.sources has no source 'mine'", "caption, ocr", "MIX"),
+    ),
+    "missing config file": (
+        "train",
+        ("--config=nope.py", "--workdir=x"),
+        ("config file nope.py not found",),
+    ),
+    "syntax error": (
+        "train",
+        ("--config={tmp}/syntax.py", "--workdir=x"),
+        ("--config={tmp}/syntax.py", "SyntaxError", "line 2"),
+    ),
+    "get_config raises": (
+        "train",
+        ("--config={tmp}/raises.py", "--workdir=x"),
+        ("--config={tmp}/raises.py", "ValueError: no such recipe", "raises.py, line 2"),
+    ),
+    "unknown size": (
+        "train",
+        ("--config=experiments/stage1_aligner.py:13b", "--workdir=x"),
+        ("unknown model size '13b'", "'tiny'", "'1.3b'", "'7b'"),
+    ),
+    "no --config": ("train", ("--workdir=x",), ("--config is required",)),
+    "no --workdir": ("train", (STAGE1,), ("--workdir is required",)),
+    # the README's real-size line with no data prepared: named before jax loads
+    "no data": (
+        "train",
+        (
+            "--config=experiments/stage2_pretrain.py:7b",
+            "--workdir={tmp}/run",
+            "--config.data_root={tmp}/none",
+        ),
+        (
+            "'caption' ({tmp}/none/dsvl_caption)",
+            "'web_code' ({tmp}/none/dsvl_screenshot)",
+            "python -m dsvl_jax.data generate --out {tmp}/none --kinds ",
+            "--holdout 0.01",
+            "python -m dsvl_jax.data prepare --format F --input PATH --out DIR",
+            "--config.data_root=DIR",
+        ),
+    ),
+    "sweep misspelt key": (
+        "sweep",
+        (STAGE1, "--config.train.lrr=1", "--grid=train.lr=1,2", "--workdir=x"),
+        ("--config.train.lrr=1", "closest: lr"),
+    ),
+    "aot get_config raises": (
+        "aot",
+        ("--config={tmp}/raises.py", "--topology=v5p-8"),
+        ("ValueError: no such recipe",),
+    ),
+    "rehearse unknown size": (
+        "rehearse",
+        ("--config=experiments/stage2_pretrain.py:13b", "--workdir=x"),
+        ("unknown model size '13b'", "'7b'"),
+    ),
+    "demo misspelt key": (
+        "demo",
+        ("--config.stage3.train.lrr=1",),
+        ("stage3.train has no field 'lrr'", "closest: lr"),
+    ),
+}
+
+
+@pytest.mark.parametrize("mistake", MISTAKES)
+def test_config_mistakes_are_one_line(mistake, tmp_path):
+    """Each mistake: exit 2 and exactly one stderr line (nothing logged before it: it answers before
+    jax loads) that names the fault and its fix."""
+    for name, text in BROKEN_CONFIGS.items():
+        (tmp_path / name).write_text(text)
+    command, args, fragments = MISTAKES[mistake]
+    p = _run(command, *(a.format(tmp=tmp_path) for a in args))
+    line = _one_error_line(p, command, 2, *(f.format(tmp=tmp_path) for f in fragments))
+    assert p.stderr.strip() == line
+    assert not (tmp_path / "run").exists()
+
+
 def test_runtime_failures_exit_1_with_one_line(tmp_path):
     """Failures found while working: not a model folder (convert, chat, evaluate), a bad input file (data),
     unreadable metrics (plot); the launcher passes its process's code on. train's runtime failures (a
@@ -128,10 +224,17 @@ def test_runtime_failures_exit_1_with_one_line(tmp_path):
     (run / "metrics.jsonl").write_text('{"step": 1, "loss": 2.0}\n{"step": 2, "lo')
     _one_error_line(_run("plot", str(run)), "plot", 1, "JSONDecodeError")
     # train: an init_from that is not a model, data that was never prepared: config errors, before any compile
-    p = _run("train", STAGE1, f"--workdir={tmp_path / 'w'}", f"--config.init_from={empty}")
+    # (train checks its data first; marker dataset dirs pass that check and no record is read before
+    # init_from fails)
+    root = tmp_path / "data"
+    for kind in ("caption", "ocr"):
+        (root / f"dsvl_{kind}").mkdir(parents=True)
+        (root / f"dsvl_{kind}" / "dataset_info.json").write_text("{}")
+    data = f"--config.data_root={root}"
+    p = _run("train", STAGE1, f"--workdir={tmp_path / 'w'}", data, f"--config.init_from={empty}")
     _one_error_line(p, "train", 2, f"init_from={empty}", "not a model folder")
     (tmp_path / "w" / "checkpoints").mkdir(parents=True)  # a run that died before its first save
-    p = _run("train", STAGE1, f"--workdir={tmp_path / 'w'}", f"--config.init_from={empty}")
+    p = _run("train", STAGE1, f"--workdir={tmp_path / 'w'}", data, f"--config.init_from={empty}")
     _one_error_line(p, "train", 2, f"init_from={empty}", "not a model folder")
     p = _run("train", STAGE1, f"--workdir={tmp_path / 'w'}", "--config.data_root=does/not/exist")
     _one_error_line(p, "train", 2, "does/not/exist", "data generate")

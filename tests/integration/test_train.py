@@ -251,6 +251,56 @@ def test_init_from_an_hf_folder_or_a_run_dir(data_root, ref_run, tmp_path):
         open_model(str(tmp_path))
 
 
+def test_the_model_talks_as_it_was_trained(ref_run, tmp_path):
+    """The tiny stages train without a system prompt. Every checkpoint of the run records that (and a
+    copy of the tokenizer): a step checkpoint of the run, the run dir and final/ open with it, chat
+    and the Python API answer as with an explicit --system "", and the HF export's chat template
+    renders the same prompt ids."""
+    from dsvl_jax.checkpoints import to_hf
+    from dsvl_jax.data.template import render_generation_prompt
+    from dsvl_jax.infer import Engine
+
+    final = ref_run["final_dir"]
+    run_dir = os.path.dirname(final)
+    step = os.path.join(
+        run_dir,
+        "checkpoints",
+        str(RunCheckpoints(os.path.join(run_dir, "checkpoints")).latest_step()),
+    )
+    for src in (run_dir, step, final):
+        s = open_model(src)
+        assert s.system_prompt == "" and s.tokenizer and os.path.exists(s.tokenizer), src
+    question = "What is shown in the chart?"
+    eng = Engine.load(step, batch_size=1)  # a step checkpoint, no flags
+    assert eng.system_prompt == ""
+    ours = eng.chat([question], max_new_tokens=5)[0]
+    assert (
+        ours
+        == Engine.load(final, batch_size=1, system_prompt="").chat([question], max_new_tokens=5)[0]
+    )
+    p = commands.run("chat", f"--checkpoint={step}", "--max_new_tokens=5", question, devices=1)
+    assert p.returncode == 0, p.stderr[-2000:]
+    assert p.stdout.strip().splitlines()[-1].strip() == ours.strip()
+    # the export's chat template defaults to the recorded (empty) system prompt
+    from transformers import AutoTokenizer
+
+    res = to_hf(final, str(tmp_path / "hf"))
+    assert res["system_prompt"] == ""
+    hf_tok = AutoTokenizer.from_pretrained(str(tmp_path / "hf"))
+    text = hf_tok.apply_chat_template(
+        [{"role": "user", "content": question}], add_generation_prompt=True, tokenize=False
+    )
+    assert text.startswith("User: ")  # no system block: the recorded prompt is empty
+    hf_ids = hf_tok(text)["input_ids"]  # the tokenizer adds BOS, as dsvl_jax does
+    ref = render_generation_prompt(
+        [records.Message("user", question)],
+        eng.tokenizer,
+        eng.cfg.num_image_tokens,
+        default_system="",
+    ).ids
+    assert list(hf_ids) == list(ref)
+
+
 def _cli(*args):
     return commands.run("train", *args, timeout=120)
 

@@ -390,7 +390,7 @@ def test_tokenizer_that_does_not_fit_the_model_is_refused(exported, tmp_path):
 
     with pytest.raises(ConfigError, match="nowhere.model"):
         to_hf(exported["ckpt"], str(tmp_path / "c"), tokenizer=str(tmp_path / "nowhere.model"))
-    from sentencepiece import sentencepiece_model_pb2 as pb
+    pb = __import__("dsvl_jax.compat", fromlist=["x"]).sentencepiece_model_pb2()
 
     proto = pb.ModelProto()
     proto.ParseFromString(exported["tok"].serialized())

@@ -123,3 +123,18 @@ def test_private_apis_are_only_used_through_compat():
                 ):
                     found.append(f"{path}:{node.lineno}: {node.value.id}.experimental")
     assert not found, "private APIs outside dsvl_jax/compat.py:\n" + "\n".join(found)
+
+
+def test_sentencepiece_model_proto_loads_with_the_pinned_protobuf(tmp_path):
+    """sentencepiece's ModelProto parses a trained model whatever protobuf the extras pin (beam: < 7)."""
+    from dsvl_jax.data import tokenizer
+
+    model = tokenizer.train_sentencepiece(
+        ["a chart of sales by year", "the red bar is the largest"] * 20,
+        300,
+        out=str(tmp_path / "t.model"),
+    )
+    pb = compat.sentencepiece_model_pb2()
+    p = pb.ModelProto()
+    p.ParseFromString(model)
+    assert len(p.pieces) == 300 and p.trainer_spec.model_type == pb.TrainerSpec.BPE

@@ -311,3 +311,110 @@ def test_chat_interactive_loop(engine, ckpt, answer, tmp_path):
     assert out.getvalue() == answer + "\n"
     assert "nope.png not found" in err.getvalue()
     assert len(asked) == 1 and len(asked[0][1]) == 1
+
+
+# --- top-k, repetition penalty, stop strings, streaming --------------------------------------------
+
+
+def test_new_options_off_keep_greedy_in_the_same_program(tiny, greedy):
+    """`greedy` is today's greedy output (HF parity: tests/parity); the new options leave it alone."""
+    cfg, params = tiny
+    batch, free = greedy
+    traces = D.trace_count()
+    np.testing.assert_array_equal(_gen(cfg, params, batch, top_k=0, repetition_penalty=1.0), free)
+    np.testing.assert_array_equal(_gen(cfg, params, batch, top_k=3), free)  # greedy ignores top-k
+    # top_k = 1 leaves one token to sample: the argmax, whatever the temperature and seed
+    np.testing.assert_array_equal(_gen(cfg, params, batch, temperature=1.5, top_k=1, rng=7), free)
+    assert D.trace_count() == traces  # every value is traced
+
+
+def test_repetition_penalty_moves_greedy_off_seen_tokens(tiny, greedy):
+    cfg, params = tiny
+    batch, free = greedy
+    ids, mask = batch[:2]
+    assert any(len(set(r)) < NEW for r in free.tolist())  # the random model repeats itself
+    pen = _gen(cfg, params, batch, repetition_penalty=1.5)
+    changed = 0
+    for r in range(3):
+        diff = np.flatnonzero(pen[r] != free[r])
+        if diff.size:
+            # the first change: greedy's token was seen (prompt or answer), the new one was not
+            # (the penalty keeps the order among seen tokens and leaves unseen ones alone)
+            j, changed = int(diff[0]), changed + 1
+            seen = set(ids[r][mask[r] > 0].tolist()) | set(free[r, :j].tolist())
+            assert free[r, j] in seen and pen[r, j] not in seen
+    assert changed >= 2
+    repeats = sum(NEW - len(set(r)) for r in free.tolist())
+    assert sum(NEW - len(set(r)) for r in pen.tolist()) < repeats
+
+
+def test_generate_chunks_end_with_generate_tokens(tiny, greedy):
+    cfg, params = tiny
+    batch, free = greedy
+    ids, mask, px, hp = batch
+    kw = dict(max_new_tokens=NEW, length_bucket=BUCKET, batch_size=BATCH)
+    chunks = list(D.generate_chunks(cfg, params, ids, mask, px, hp, chunk_tokens=3, **kw))
+    assert [c.steps for c in chunks] == [1, 4, 7, 8]
+    for c in chunks:
+        np.testing.assert_array_equal(c.tokens[:, : c.steps], free[:, : c.steps])
+    np.testing.assert_array_equal(chunks[-1].tokens, free)
+    sampled = dict(temperature=1.0, top_k=20, top_p=0.9, repetition_penalty=1.2, rng=3)
+    *_, last = D.generate_chunks(cfg, params, ids, mask, px, hp, chunk_tokens=2, **kw, **sampled)
+    np.testing.assert_array_equal(last.tokens, _gen(cfg, params, batch, **sampled))
+
+
+def test_chat_streams_pieces_that_make_the_answer(engine, ckpt, answer):
+    img = ckpt[1].read_bytes()
+    pieces = []
+    got = engine.chat(
+        [QUESTION], [[img]], NEW, stream=lambda i, p: pieces.append((i, p)), chunk_tokens=1
+    )
+    assert got == [answer] and len(pieces) > 1
+    assert {i for i, _ in pieces} == {0} and "".join(p for _, p in pieces) == answer
+    # a batch, sampled: each conversation's pieces make its non-streamed answer
+    convs, imgs = [QUESTION, "Describe the image."], [[img], [img]]
+    opts = dict(max_new_tokens=NEW, temperature=1.0, top_k=50, repetition_penalty=1.3, seed=2)
+    want = engine.chat(convs, imgs, **opts)
+    joined = ["", ""]
+    for i, piece in engine.chat_stream(convs, imgs, chunk_tokens=3, **opts):
+        joined[i] += piece
+    assert joined == want and want[0] != answer
+
+
+def test_chat_stop_strings_cut_the_answer(engine, ckpt, answer):
+    img = [[ckpt[1].read_bytes()]]
+    k = len(answer) // 2
+    stop = answer[k : k + 2]
+    want = answer[: answer.find(stop)].strip()
+    assert len(want) < len(answer)
+    assert engine.chat([QUESTION], img, NEW, stop=[stop, "never there"]) == [want]
+    assert "".join(p for _, p in engine.chat_stream([QUESTION], img, NEW, stop=[stop])) == want
+    assert (
+        engine.decode_answer(
+            engine.generate_ids(engine.prompts([QUESTION], img), max_new_tokens=NEW)[0], [stop]
+        )
+        == want
+    )
+
+
+def test_chat_interactive_streams(engine, ckpt, answer):
+    from dsvl_jax.cli.chat import interactive, unescape
+
+    def ask(messages, images):
+        return (p for _, p in engine.chat_stream([messages], [images], NEW, chunk_tokens=2))
+
+    out, err = io.StringIO(), io.StringIO()
+    interactive(ask, [ckpt[1]], io.StringIO(f"{QUESTION}\n"), out, err)
+    assert out.getvalue() == answer + "\n" and err.getvalue() == ""
+    # a request error at the first piece: reported, nothing printed, the session goes on
+    out = io.StringIO()
+    interactive(ask, [ckpt[1], ckpt[1]], io.StringIO("<image_placeholder> q\n"), out, err)
+    assert out.getvalue() == "" and "2 image" in err.getvalue()
+    assert unescape(r"\n\nUser:\t\\n") == "\n\nUser:\t\\n"
+
+
+def test_chat_cli_checks_sampling_flags_before_loading(ckpt):
+    """(The flags' effect is the engine's, tested above; a full CLI run costs ~30 s.)"""
+    res = _chat("--checkpoint", str(ckpt[0]), "--top_k=-1", "--stop=x", "--nostream", QUESTION)
+    assert res.returncode == 2
+    assert res.stderr.strip() == "chat: error: --top_k=-1: expected >= 0 (0 = off)"
