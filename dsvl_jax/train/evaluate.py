@@ -40,6 +40,15 @@ def single_turn(ex: records.Example) -> records.Example:
     )
 
 
+ANSWERS_SHOWN = 5  # eval answers logged as text per eval
+
+
+def _question(ex: records.Example) -> str:
+    """The item's last question, without image tags."""
+    users = [m.content for m in ex.messages if m.role == "user"]
+    return (users[-1] if users else "").replace(records.IMAGE_TAG, "").strip()
+
+
 def qa_items(sources, limit: int) -> list[records.Example]:
     """Up to `limit` single-turn questions from user/assistant records (round robin over sources)."""
     out, idx = [], [0] * len(sources)
@@ -143,6 +152,11 @@ class Evaluator:
             "eval_chance": chance,
             "eval_accuracy_swapped_images": acc_sw,
             "eval_qa_items": len(refs),
+            # a few answers as text (TensorBoard's eval/answers table, W&B): what the numbers mean
+            "eval_answers": [
+                {"question": _question(ex), "reference": r, "answer": a}
+                for ex, r, a in list(zip(self.items, refs, got))[:ANSWERS_SHOWN]
+            ],
         }
 
     def run(self, params) -> dict:

@@ -8,8 +8,8 @@ TensorBoard folder: flattened as hparams (the HParams dashboard: metrics `HPARAM
 last values of those scalars, so it shows the final ones) and as a text summary `config`; wandb gets
 it as wandb.config. Text values (`TEXT_KEYS`) go to TensorBoard's text tab and wandb, not to
 metrics.jsonl: a record holding `eval_answers` (a str, or a list of str or of
-{"question", "reference", "answer"} dicts) shows as the table `eval/answers`; train/evaluate.py's
-`Evaluator.run` is where the in-run eval would add it (it returns numbers only today).
+{"question", "reference", "answer"} dicts) shows as the table `eval/answers`; the in-run eval
+(train/evaluate.py) logs a few of its answers that way.
 
 Resume at step S: metrics.jsonl drops its lines after S first; the TensorBoard writer starts with
 purge_step=S+1 (readers hide the earlier events of steps > S: no step shows twice); wandb resumes the

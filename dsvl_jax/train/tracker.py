@@ -26,7 +26,7 @@ import numpy as np
 
 from dsvl_jax.errors import Error
 from dsvl_jax.train import metrics as M
-from dsvl_jax.train.logger import MetricsLogger
+from dsvl_jax.train.logger import TEXT_KEYS, MetricsLogger
 
 log = logging.getLogger(__name__)
 
@@ -146,7 +146,7 @@ class StepTracker:
     def record(self, values: dict) -> None:
         """A record computed outside the step (eval): written as is and kept in `last`."""
         self.logger.write(values)
-        self.last.update(values)
+        self.last.update({k: v for k, v in values.items() if k not in TEXT_KEYS})
 
     def _count_skip(self, step: int, m: dict) -> None:
         if not m["skipped"]:

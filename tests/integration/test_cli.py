@@ -92,6 +92,13 @@ def test_demo_then_convert_round_trip(tmp_path):
     ):
         assert (out / f).exists(), f
     _check_frozen_parts(out)
+    # TensorBoard: grouped tags, and the in-run eval's answers as a text table
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    acc = EventAccumulator(str(out / "stage3" / "tensorboard"), size_guidance={"tensors": 0})
+    acc.Reload()
+    assert "train/loss" in acc.Tags()["scalars"] and "eval/accuracy" in acc.Tags()["scalars"]
+    assert any(t.startswith("eval/answers") for t in acc.Tags()["tensors"])
     # the stage-3 run dir (its final params and tokenizer) -> HF folder -> dsvl_jax checkpoint -> HF folder
     hf, ckpt, hf2 = tmp_path / "hf", tmp_path / "ckpt", tmp_path / "hf2"
     _run("convert", "to-hf", f"--checkpoint={out / 'stage3'}", f"--out={hf}")
