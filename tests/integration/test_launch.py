@@ -78,4 +78,4 @@ def test_a_failing_process_stops_the_launch(tmp_path):
     )
     res = json.loads(p.stdout.strip().splitlines()[-1])
     assert p.returncode == 2 and res["returncodes"] == [2, 2], p.stdout[-3000:]
-    assert "train.steps=0" in p.stdout
+    assert "no prepared data for source" in p.stdout  # the first error a data-less config meets
