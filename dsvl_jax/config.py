@@ -130,6 +130,9 @@ def base_config(size: str = "tiny") -> ml_collections.ConfigDict:
     c.train = train_defaults()
     c.data = data_defaults()
     run_defaults(c)
+    # resuming under a config that differs from the checkpoint's: the changed keys accepted, a comma list
+    # of dotted keys or prefixes ("train.lr,train.steps"); anything else stops the run (checkpoints/run.py)
+    c.resume_overrides = ""
     return c
 
 

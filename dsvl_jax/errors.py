@@ -6,6 +6,7 @@ exit with the code of its kind:
 
   ConfigError        a config field, flag or argument is wrong        exit 2 (with usage errors)
   Preempted          SIGTERM: a checkpoint was saved                  exit 143
+  Interrupted        SIGTERM / SIGINT (Ctrl-C) at any other moment   exit 143 / 130
   Error (any other)  the run cannot go on: data, checkpoint, input    exit 1
 
 Each package subclasses these for its own cases (`parallel.MeshError` is a ConfigError,
@@ -28,8 +29,32 @@ class ConfigError(Error, ValueError):
     """A config field, flag or argument has a value that cannot work; names the field."""
 
 
-class Preempted(Error, RuntimeError):
+class Interrupted(Error, RuntimeError):
+    """The run stopped on a signal: SIGTERM (exit 143) or SIGINT (exit 130); `code` is the exit code.
+    The message says what was saved (a step checkpoint, final/, or nothing before the first step)."""
+
+    def __init__(self, message: str, code: int = 143):
+        super().__init__(message)
+        self.code = code
+
+    @classmethod
+    def before_first_step(cls, signame: str) -> Interrupted:
+        """A signal during start-up, set-up or the first compile: there is nothing to save yet."""
+        return cls(
+            f"{signame} during set-up (before the first step): nothing saved; rerunning the command "
+            "starts again (from the workdir's latest checkpoint, if any)",
+            SIGNAL_EXIT[signame],
+        )
+
+
+SIGNAL_EXIT = {"SIGTERM": 143, "SIGINT": 130}  # 128 + the signal number, as shells report it
+
+
+class Preempted(Interrupted):
     """The run stopped on SIGTERM after saving a checkpoint; rerunning the command resumes (exit 143)."""
+
+    def __init__(self, message: str):
+        super().__init__(message, 143)
 
 
 class CheckpointError(Error, ValueError):
@@ -107,4 +132,11 @@ def _listing(names: list[str], n: int = 12) -> str:
     return ", ".join(names[:n]) + more
 
 
-__all__ = ["CheckpointError", "CheckpointMismatch", "ConfigError", "Error", "Preempted"]
+__all__ = [
+    "CheckpointError",
+    "CheckpointMismatch",
+    "ConfigError",
+    "Error",
+    "Interrupted",
+    "Preempted",
+]

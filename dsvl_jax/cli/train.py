@@ -3,18 +3,27 @@
 Rerunning the same command continues from the workdir's latest checkpoint. Writes WORKDIR/config.json,
 metrics.jsonl, tensorboard/, checkpoints/<step>/ and, when the stage completes, final/ (params +
 tokenizer: the next stage's --config.init_from=WORKDIR). Config errors fail before anything
-compiles (exit 2); SIGTERM saves a checkpoint and exits 143. The last stdout line is one JSON
-object: workdir, step, final, skipped_steps, compiles and the last logged metrics.
+compiles (exit 2). A second run on a workdir in use refuses with one line naming the first (host, pid,
+since; exit 1). SIGTERM exits 143 and SIGINT (Ctrl-C) 130, with one line saying what was saved: nothing
+during set-up and the first compile, a checkpoint of the step reached during training (rerunning
+resumes from it), final/ when it came during the final save; a second signal exits at once. The last
+stdout line is one JSON object: workdir, step, final, skipped_steps, compiles and the last logged
+metrics.
 """
 
 from __future__ import annotations
 
 import json
+import logging
+import os
+import signal
+import sys
 
 from absl import flags
 from ml_collections import config_flags
 
 from dsvl_jax.cli import command
+from dsvl_jax.errors import Interrupted
 
 FLAGS = flags.FLAGS
 EXAMPLE = "python -m dsvl_jax.train --config=experiments/stage1_aligner.py:tiny --workdir=runs/s1"
@@ -32,11 +41,24 @@ def define_flags() -> None:
 
 def main(argv: list[str]) -> None:
     command.check_usage(argv, required=("config", "workdir"))
-    check_data(FLAGS.config)
-    command.setup_device_process()
-    from dsvl_jax.train.loop import train
+    for s in (signal.SIGTERM, signal.SIGINT):  # until train() takes over: while jax loads
+        signal.signal(s, _before_train)
+    try:
+        check_data(FLAGS.config)
+        command.setup_device_process()
+        from dsvl_jax.train.loop import train
 
-    res = train(FLAGS.config, FLAGS.workdir)
+        res = train(FLAGS.config, FLAGS.workdir)
+    except Interrupted as e:  # SIGTERM 143 (Preempted included), SIGINT 130
+        print(f"train: {command.one_line(str(e))}", file=sys.stderr, flush=True)
+        # whatever was to be saved is saved (train closes its checkpoints before raising); the
+        # interpreter's own exit would wait for an XLA compile still running in the background (23 s
+        # for the tiny model, minutes for 7B) before the process ends
+        logging.shutdown()
+        sys.stdout.flush()
+        os._exit(e.code)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     print(
         json.dumps(
             {
@@ -50,6 +72,10 @@ def main(argv: list[str]) -> None:
         ),
         flush=True,
     )
+
+
+def _before_train(signum, _frame) -> None:
+    raise Interrupted.before_first_step(signal.Signals(signum).name)
 
 
 def check_data(cfg) -> None:

@@ -29,6 +29,8 @@ DEFAULT_MAX_SKIP_RATE = 0.1
 EARLY_CHECK_AFTER = 200  # records seen before the skip-rate cap is checked mid-import
 # one record's build: (its fallback id, a thunk that builds the Example or raises BadRecord)
 Item = tuple[str, Callable[[], Example]]
+# JSON nested past Python's recursion limit (json raises RecursionError): one bad record, not a crash
+TOO_DEEP = "JSON nested too deeply to parse"
 
 __all__ = ["InputNotFound"]
 
@@ -156,6 +158,9 @@ def skip_policy(
             e.record_id = e.record_id or rid
             counter.add_skipped(e)
             continue
+        except RecursionError:  # a record the parser took but a builder walks recursively
+            counter.add_skipped(BadRecord("bad_conversation", f"record is {TOO_DEEP}", rid))
+            continue
         counter.add_written(len(ex.images))
         yield ex
     if final_check:
@@ -256,6 +261,8 @@ def json_list_items(path: str, name: str = "") -> Iterator[tuple[str, Callable[[
         raise ValueError(
             f"{path}: not valid JSON ({e}); expected a list of records or JSON lines"
         ) from None
+    except RecursionError:  # one list: no record boundaries to skip by
+        raise ValueError(f"{path}: {TOO_DEEP}; expected a list of records or JSON lines") from None
     if not isinstance(data, list):
         raise ValueError(
             f"{path}: top-level JSON is a {type(data).__name__}, expected a list of records"
@@ -283,13 +290,15 @@ def parse_line(raw: bytes, rid: str) -> Any:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as e:
         # name the record by its own id when the rest of the line still parses
-        with contextlib.suppress(json.JSONDecodeError):
+        with contextlib.suppress(json.JSONDecodeError, RecursionError):
             rid = record_id(json.loads(raw.decode("utf-8", "surrogateescape")), rid)
         raise BadRecord("bad_utf8", f"line is not valid UTF-8: {e}", rid) from None
     try:
         return json.loads(text)
     except json.JSONDecodeError as e:
         raise BadRecord("bad_conversation", f"line is not JSON: {e}", rid) from None
+    except RecursionError:
+        raise BadRecord("bad_conversation", f"line is {TOO_DEEP}", rid) from None
 
 
 def is_heldout(record_id: str, share: float) -> bool:

@@ -20,7 +20,12 @@ Each host reads only rows `host::hosts` of every source (disjoint, together the 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import logging
+import os
+import signal
+import threading
+import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -39,6 +44,7 @@ from dsvl_jax.model.config import model_config_from_dict
 log = logging.getLogger(__name__)
 MAX_LOGGED_IDS = 100  # per source, kept in the iterator state (all skips are logged and counted)
 MAX_SOURCES = 16  # = train/step.py MAX_SOURCES: the step reports the loss of each source
+PARENT_POLL_S = 1.0  # how often a worker process checks that the process that spawned it is alive
 
 
 class DataError(Error, RuntimeError):
@@ -473,11 +479,36 @@ def build(
         ds = ds.mp_prefetch(
             grain.MultiprocessingOptions(
                 num_workers=d.workers, per_worker_buffer_size=max(1, d.prefetch_batches)
-            )
+            ),
+            worker_init_fn=functools.partial(_exit_with_parent, os.getpid()),
         )
     elif d.prefetch_batches > 0:  # batches are assembled in a background thread, ahead of the step
         ds = compat.thread_prefetch(ds, d.prefetch_batches)
     return ds
+
+
+def _exit_with_parent(parent: int, worker: int, workers: int) -> None:
+    """grain's worker_init_fn: this worker ends with the process that built the pipeline, not on signals.
+
+    grain's workers are daemon processes, which only their parent's orderly exit ends: a trainer killed
+    with -9 (or by the OOM killer) left them running (~240 MB each). A daemon thread polls os.getppid()
+    (the worker is re-parented when the trainer dies) every PARENT_POLL_S. Not prctl(PR_SET_PDEATHSIG):
+    Linux sends that signal when the *thread* that started the child exits, and grain starts its
+    workers from the threads of its interleave pool, so a pool thread ending would kill a live worker.
+    """
+
+    # Ctrl-C reaches the whole process group and some launchers (slurm, a VM's shutdown) SIGTERM every
+    # process: the trainer decides (it saves a checkpoint, which needs its workers' state), then stops
+    # its workers (grain: a stop event, join, kill)
+    for s in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(s, signal.SIG_IGN)
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(PARENT_POLL_S)
+        os._exit(1)
+
+    threading.Thread(target=watch, name=f"exit-with-parent-{worker}", daemon=True).start()
 
 
 def iterator_stats(it) -> dict:

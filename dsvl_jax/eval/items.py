@@ -270,6 +270,8 @@ def _json_records(path: Path):
             data = json.loads(text)
         except json.JSONDecodeError as e:
             raise ValueError(f"{path}: invalid JSON ({e})") from None
+        except RecursionError:
+            raise ValueError(f"{path}: JSON nested too deeply to parse") from None
         for i, rec in enumerate(data):
             yield f"{path}:[{i}]", rec, None
         return
@@ -277,9 +279,12 @@ def _json_records(path: Path):
         if not line.strip():
             continue
         try:
-            yield f"{path}:{n}", json.loads(line), None
+            rec, err = json.loads(line), None
         except json.JSONDecodeError as e:
-            yield f"{path}:{n}", None, ItemError("bad_json", str(e))
+            rec, err = None, ItemError("bad_json", str(e))
+        except RecursionError:  # one bad line, not a dead benchmark file
+            rec, err = None, ItemError("bad_json", "JSON nested too deeply to parse")
+        yield f"{path}:{n}", rec, err
 
 
 def _tsv_records(path: Path):
@@ -327,12 +332,10 @@ def load_items(path: str, images: str | None = None, limit: int | None = None) -
     for n, (where, rec, err) in enumerate(records):
         if limit is not None and len(items) + len(skipped) >= limit:
             break
-        rid = (
-            _text(rec.get("id", rec.get("question_id", rec.get("index"))))
-            if isinstance(rec, dict)
-            else ""
-        )
+        rid = ""
         try:
+            if isinstance(rec, dict):
+                rid = _text(rec.get("id", rec.get("question_id", rec.get("index"))))
             if err is not None:
                 raise err
             if not isinstance(rec, dict):
@@ -342,6 +345,9 @@ def load_items(path: str, images: str | None = None, limit: int | None = None) -
                 raise ItemError("duplicate_id", f"id {item.id!r} appears more than once")
         except ItemError as e:
             skipped.append(Skipped(rid, where, e.reason, e.detail))
+            continue
+        except RecursionError:  # a record that parsed but nests too deeply to read
+            skipped.append(Skipped(rid, where, "bad_json", "JSON nested too deeply to read"))
             continue
         seen.add(item.id)
         items.append(item)

@@ -11,15 +11,18 @@ half of it.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import logging
 import os
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
+import jax.numpy as jnp
 import numpy as np
-from safetensors import safe_open
+from safetensors import SafetensorError, safe_open
 
 from dsvl_jax.errors import CheckpointError, CheckpointMismatch
 from dsvl_jax.interop import hf_names, hf_release
@@ -34,7 +37,7 @@ def read_safetensors(folder: str) -> dict[str, np.ndarray]:
     """All tensors of a save_pretrained folder (single file or sharded with an index)."""
     out: dict[str, np.ndarray] = {}
     for f in _safetensors_files(folder):
-        with safe_open(os.path.join(folder, f), framework="numpy") as st:
+        with _open_safetensors(folder, f) as st:
             for k in st.keys():  # noqa: SIM118 - safe_open is not a Mapping
                 out[k] = st.get_tensor(k)
     return out
@@ -44,10 +47,21 @@ def safetensors_shapes(folder: str) -> dict[str, tuple[int, ...]]:
     """The shape of every tensor of a folder, read from the safetensors headers (no tensor data)."""
     out: dict[str, tuple[int, ...]] = {}
     for f in _safetensors_files(folder):
-        with safe_open(os.path.join(folder, f), framework="numpy") as st:
+        with _open_safetensors(folder, f) as st:
             for k in st.keys():  # noqa: SIM118 - safe_open is not a Mapping
                 out[k] = tuple(st.get_slice(k).get_shape())
     return out
+
+
+@contextlib.contextmanager
+def _open_safetensors(folder: str, name: str):
+    """safe_open, with a missing, truncated or corrupt file reported as a CheckpointError naming it."""
+    path = os.path.join(folder, name)
+    try:
+        with safe_open(path, framework="numpy") as st:
+            yield st
+    except (OSError, SafetensorError) as e:
+        raise CheckpointError(f"{path}: cannot be read as safetensors ({e})") from None
 
 
 # PyTorch pickles: loading one runs whatever code it names, so they are never opened, only named.
@@ -55,11 +69,21 @@ PICKLE_SUFFIXES = (".bin", ".pt", ".pth")
 PICKLE_INDEX = "pytorch_model.bin.index.json"
 
 
+def read_json(path: str) -> Any:
+    """A JSON file, or CheckpointError naming it (invalid, or nested too deeply to parse)."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            return json.load(f)
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise CheckpointError(f"{path}: not valid JSON ({e})") from None
+    except RecursionError:
+        raise CheckpointError(f"{path}: JSON nested too deeply to be a config") from None
+
+
 def _safetensors_files(folder: str) -> list[str]:
     index = os.path.join(folder, "model.safetensors.index.json")
     if os.path.exists(index):
-        with open(index) as f:
-            return sorted(set(json.load(f)["weight_map"].values()))
+        return _index_files(folder, index)
     if os.path.exists(os.path.join(folder, "model.safetensors")):
         return ["model.safetensors"]
     names = os.listdir(folder) if os.path.isdir(folder) else []
@@ -67,6 +91,25 @@ def _safetensors_files(folder: str) -> list[str]:
     if pickles:
         raise CheckpointError(_pickle_message(folder, pickles))
     raise CheckpointError(f"{folder}: no model.safetensors or model.safetensors.index.json")
+
+
+def _index_files(folder: str, index: str) -> list[str]:
+    """The shard files an index names, each confined to the folder (symlinks resolved): an index must
+    not make the import read files elsewhere (`../x.safetensors`, absolute paths)."""
+    wm = read_json(index)
+    wm = wm.get("weight_map") if isinstance(wm, dict) else None
+    if not isinstance(wm, dict) or not all(isinstance(v, str) and v for v in wm.values()):
+        raise CheckpointError(f"{index}: no weight_map of tensor name -> file name")
+    root = Path(folder).resolve()
+    files = sorted(set(wm.values()))
+    for name in files:
+        path = (root / name).resolve()
+        if not path.is_relative_to(root):
+            raise CheckpointError(
+                f"{index}: weight_map names {name!r}, which resolves to {path}, outside the folder "
+                f"{root}"
+            )
+    return files
 
 
 def _pickle_message(folder: str, pickles: list[str]) -> str:
@@ -136,11 +179,35 @@ def map_tensors(
     got = {k: tuple(w.shape) for k, (_, _, w) in mapped.items()}
     CheckpointMismatch.compare(source, want, got, unexpected=unexpected).raise_if_any()
     pdt = dtype_name_to_numpy(cfg.param_dtype)
-    out = {
-        p: hf_names.TRANSFORMS[t].forward(np.asarray(w), expected[p]).astype(pdt)
-        for p, t, w in mapped.values()
-    }
+    out = {}
+    for key, (p, t, w) in mapped.items():
+        w = check_tensor(source, key, w, want[key])
+        out[p] = hf_names.TRANSFORMS[t].forward(w, expected[p]).astype(pdt)
     return out, ignored
+
+
+def check_tensor(source: str, key: str, w: Any, shape: tuple[int, ...]) -> np.ndarray:
+    """`w` as an array if it can be a weight of HF-layout `shape`, else CheckpointError naming it.
+
+    The shape must match exactly before any transform (the transforms reshape, and a reshape would take
+    any tensor of the right element count). A transposed square matrix has the right shape and cannot
+    be told apart here: only the parity tests' logits catch that. Integer / bool tensors are refused
+    (never cast silently into weights), and so is any NaN or inf: a model that starts non-finite
+    only ever produces skipped steps.
+    """
+    w = np.asarray(w)
+    if tuple(w.shape) != tuple(shape):
+        raise CheckpointMismatch(source, shapes=[f"{key}: stored {w.shape} vs expected {shape}"])
+    if not jnp.issubdtype(w.dtype, jnp.floating):
+        raise CheckpointError(
+            f"{source}: tensor {key} has dtype {w.dtype}, expected floating point"
+        )
+    bad = w.size - int(np.count_nonzero(np.isfinite(w)))
+    if bad:
+        raise CheckpointError(
+            f"{source}: tensor {key} {tuple(w.shape)} holds {bad} non-finite value(s) (NaN / inf)"
+        )
+    return w
 
 
 def import_tensors(
@@ -164,8 +231,10 @@ def _config_json(folder: str) -> dict:
     cfg_path = os.path.join(folder, "config.json")
     if not os.path.exists(cfg_path):
         raise CheckpointError(f"{folder}: no config.json (expected a save_pretrained folder)")
-    with open(cfg_path) as f:
-        return json.load(f)
+    conf = read_json(cfg_path)
+    if not isinstance(conf, dict):
+        raise CheckpointError(f"{cfg_path}: a JSON {type(conf).__name__}, expected an object")
+    return conf
 
 
 def folder_layout(folder: str) -> str:

@@ -8,6 +8,9 @@ dataclasses here, once, with every check that names the field that is wrong.
 from __future__ import annotations
 
 import dataclasses
+import math
+import numbers
+import os
 from collections.abc import Mapping
 from typing import Any
 
@@ -137,6 +140,8 @@ _SECTIONS = {"siglip": SiglipConfig, "sam": SamConfig, "adaptor": AdaptorConfig,
 
 
 def _build(cls, values: Mapping[str, Any], where: str):
+    if not isinstance(values, Mapping):
+        raise ConfigError(f"{where}: a {type(values).__name__}, expected a mapping of fields")
     names = {f.name for f in dataclasses.fields(cls)}
     unknown = sorted(set(values) - names)
     if unknown:
@@ -156,10 +161,10 @@ def model_config_from_dict(d: Mapping[str, Any] | ml_collections.ConfigDict) -> 
     """ConfigDict / plain dict (as stored in checkpoints) -> validated ModelConfig."""
     if isinstance(d, ml_collections.ConfigDict):
         d = d.to_dict()
+    if not isinstance(d, Mapping):
+        raise ConfigError(f"model: a {type(d).__name__}, expected a mapping of fields")
     d = dict(d)
-    sections = {
-        k: _build(cls, dict(d.pop(k, {}) or {}), f"model.{k}") for k, cls in _SECTIONS.items()
-    }
+    sections = {k: _build(cls, d.pop(k, None) or {}, f"model.{k}") for k, cls in _SECTIONS.items()}
     cfg = _build(ModelConfig, {**d, **sections}, "model")
     validate(cfg)
     return cfg
@@ -170,9 +175,160 @@ def _check(cond: bool, field: str, msg: str) -> None:
         raise ConfigError(f"{field}: {msg}")
 
 
+# Upper bounds no real model comes near (DeepSeek-VL 7B: hidden 4096, 30 layers, vocab 102400, 16384
+# positions, 1024 px): a value past one is a typo or a hostile file, refused before anything is
+# allocated or traced. max_position: RoPE has no learned table, but model/llm.py builds cos/sin tables
+# [max_position, head_dim/2] on the host (f32 angles, f64 cos and sin) for every trace.
+MAX_IMAGE_SIZE = 8192
+LIMITS = {
+    "siglip": dict(
+        image_size=MAX_IMAGE_SIZE,
+        patch_size=MAX_IMAGE_SIZE,
+        width=65536,
+        depth=1024,
+        heads=1024,
+        mlp_dim=2**18,
+    ),
+    "sam": dict(
+        image_size=MAX_IMAGE_SIZE,
+        patch_size=MAX_IMAGE_SIZE,
+        width=65536,
+        depth=1024,
+        heads=1024,
+        mlp_dim=2**18,
+        window_size=MAX_IMAGE_SIZE,
+        out_chans=65536,
+    ),
+    "llm": dict(
+        vocab_size=2**20,
+        hidden=65536,
+        layers=1024,
+        heads=1024,
+        kv_heads=1024,
+        head_dim=1024,
+        mlp_dim=2**18,
+        max_position=2**20,
+    ),
+}
+FLOATS = {"siglip": ("ln_eps",), "sam": ("ln_eps",), "llm": ("rope_theta", "rms_eps")}
+# Parameters may be sharded over many hosts (FSDP on a pod; `aot` allocates none), so a model is refused
+# only when its parameters alone exceed this many times this host's memory: no slice of hosts like this
+# one could hold it. The RoPE tables are built whole on every host: they must fit in half of one.
+HOST_MEMORY_FACTOR = 64
+ROPE_TABLE_BYTES = 4 + 8 + 8  # per [position, head_dim/2] entry: f32 angle, f64 cos, f64 sin
+
+
+def _is_int(v: Any) -> bool:
+    return isinstance(v, numbers.Integral) and not isinstance(v, bool)
+
+
+def _check_numbers(section: str, obj: Any) -> None:
+    """Sizes are ints in [1, LIMITS]; eps and theta finite and > 0. Runs before any arithmetic on them."""
+    for name, hi in LIMITS[section].items():
+        v, field = getattr(obj, name), f"model.{section}.{name}"
+        _check(_is_int(v) and v > 0, field, f"{v!r} is not a positive integer")
+        _check(v <= hi, field, f"{v} > {hi}: larger than any real model (a typo?)")
+    for name in FLOATS[section]:
+        v = getattr(obj, name)
+        ok = isinstance(v, numbers.Real) and not isinstance(v, bool) and math.isfinite(v) and v > 0
+        _check(ok, f"model.{section}.{name}", f"{v!r} is not a finite number > 0")
+
+
+def host_memory_bytes() -> int | None:
+    """Physical memory of this host (None where the OS does not say)."""
+    try:
+        n = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (AttributeError, ValueError, OSError):
+        return None
+    return n if n > 0 else None
+
+
+def param_count(cfg: ModelConfig) -> int:
+    """The number of parameters `cfg` builds (model/params.py's abstract params, counted without
+    tracing: validate uses it before anything is allocated)."""
+    s, l = cfg.siglip, cfg.llm
+    w, m = s.width, s.mlp_dim
+    n = 3 * s.patch_size**2 * w + w + s.num_tokens * w + 2 * w
+    n += s.depth * (4 * w * w + 2 * w * m + 9 * w + m)
+    h = l.hidden
+    if cfg.hybrid:
+        a, hd, oc = cfg.sam, cfg.sam.width // cfg.sam.heads, cfg.sam.out_chans
+        n += 3 * a.patch_size**2 * a.width + a.width + a.grid**2 * a.width
+        n += a.depth * (4 * a.width**2 + 2 * a.width * a.mlp_dim + 9 * a.width + a.mlp_dim)
+        glob = len(set(a.global_attn_indexes))
+        n += 2 * hd * (glob * (2 * a.grid - 1) + (a.depth - glob) * (2 * a.window_size - 1))
+        n += 2 * (a.width * oc + 9 * oc * oc + 4 * oc)  # neck, neck_hd
+        n += 9 * oc * 2 * oc + 9 * 2 * oc * 4 * oc + 1  # downsample convs, hd_alpha
+        half = h // 2
+        n += 4 * oc * half + half + w * half + half + h * h + h
+    else:
+        n += w * h + h + h * h + h
+    attn = h * l.head_dim * (2 * l.heads + 2 * l.kv_heads)
+    n += l.vocab_size * h + l.layers * (attn + 3 * h * l.mlp_dim + 2 * h) + h
+    if not l.tie_embeddings:
+        n += h * l.vocab_size
+    return n
+
+
+def _check_size(cfg: ModelConfig) -> None:
+    mem = host_memory_bytes()
+    if mem is None:
+        return
+    gib = lambda b: f"{b / 2**30:,.1f} GiB"  # noqa: E731
+    n = param_count(cfg)
+    nbytes = n * (2 if cfg.param_dtype in ("bfloat16", "float16") else 4)
+    _check(
+        nbytes <= HOST_MEMORY_FACTOR * mem,
+        "model",
+        f"{n:,} parameters ({gib(nbytes)} in {cfg.param_dtype}) exceed {HOST_MEMORY_FACTOR} x this "
+        f"host's {gib(mem)} of memory: check model.llm (hidden {cfg.llm.hidden}, layers "
+        f"{cfg.llm.layers}, mlp_dim {cfg.llm.mlp_dim}, vocab_size {cfg.llm.vocab_size}) and the towers",
+    )
+    l = cfg.llm
+    rope = l.max_position * (l.head_dim // 2) * ROPE_TABLE_BYTES
+    _check(
+        rope <= mem // 2,
+        "model.llm.max_position",
+        f"{l.max_position}: its RoPE tables ({l.max_position} x {l.head_dim // 2}) take {gib(rope)} "
+        f"on every host, more than half of this host's {gib(mem)}",
+    )
+
+
 def validate(cfg: ModelConfig) -> None:
-    """Every structural constraint, each failure naming its field."""
+    """Every structural constraint, each failure naming its field. Types and bounds first (a string,
+    zero, negative or absurd size is refused in microseconds), then the shapes' relations, then the
+    estimated size against this host's memory."""
     _check(cfg.vision in VISION_KINDS, "model.vision", f"{cfg.vision!r} not in {VISION_KINDS}")
+    _check_numbers("siglip", cfg.siglip)
+    _check_numbers("llm", cfg.llm)
+    _check(
+        isinstance(cfg.llm.tie_embeddings, bool),
+        "model.llm.tie_embeddings",
+        f"{cfg.llm.tie_embeddings!r} is not true or false",
+    )
+    _check(
+        _is_int(cfg.image_token_id),
+        "model.image_token_id",
+        f"{cfg.image_token_id!r} is not an integer",
+    )
+    _check(
+        isinstance(cfg.scan_layers, bool),
+        "model.scan_layers",
+        f"{cfg.scan_layers!r} is not true or false",
+    )
+    if cfg.hybrid:
+        m = cfg.sam
+        _check_numbers("sam", m)
+        _check(
+            isinstance(m.global_attn_indexes, tuple) and all(map(_is_int, m.global_attn_indexes)),
+            "model.sam.global_attn_indexes",
+            f"{m.global_attn_indexes!r} is not a list of block indexes",
+        )
+        _check(
+            _is_int(m.global_attn_q_chunk),
+            "model.sam.global_attn_q_chunk",
+            f"{m.global_attn_q_chunk!r} is not an integer",
+        )
     _check(
         cfg.adaptor.kind in ADAPTOR_KINDS,
         "model.adaptor.kind",
@@ -244,6 +400,7 @@ def validate(cfg: ModelConfig) -> None:
             "model.llm.hidden",
             f"{l.hidden} must be even for the hybrid split adaptor",
         )
+    _check_size(cfg)
 
 
 # Fields that say how to run the model, not what function its weights compute: a run may choose them

@@ -18,7 +18,10 @@ same run (id in DIR/wandb_run_id) and ignores the steps it already has.
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import json
+import logging
 import math
 import os
 import uuid
@@ -27,7 +30,9 @@ from collections.abc import Mapping
 from tqdm.auto import tqdm
 
 from dsvl_jax import compat
-from dsvl_jax.errors import ConfigError
+from dsvl_jax.errors import ConfigError, Error
+
+log = logging.getLogger(__name__)
 
 METRICS_FILE = "metrics.jsonl"
 TENSORBOARD_DIR = "tensorboard"
@@ -72,6 +77,21 @@ HPARAM_METRICS = (
     "perf/tokens_per_s",
     "perf/mfu",
 )
+
+
+DISK_FULL = (errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC))
+
+
+class LogWriteError(Error, OSError):
+    """The run's records cannot be written (disk full, quota, I/O error): one line naming the file."""
+
+
+def write_error(path: str, e: OSError) -> LogWriteError:
+    cause = "the disk is full" if e.errno in DISK_FULL else f"{type(e).__name__}: {e.strerror or e}"
+    return LogWriteError(
+        f"{path}: cannot write the run's records: {cause}. Free space (or move the workdir) and "
+        "rerun the command: it resumes from the latest saved checkpoint"
+    )
 
 
 def tag(key: str) -> str:
@@ -171,8 +191,11 @@ class MetricsLogger:
             self._wandb = _open_wandb(
                 workdir, log_cfg["wandb"], log_cfg.get("wandb_mode", "online"), self._config
             )
-        truncate_after(self.path, start_step)
-        self._f = open(self.path, "a")  # noqa: SIM115 - kept open for the run, closed in close()
+        try:
+            truncate_after(self.path, start_step)
+            self._f = open(self.path, "a")  # noqa: SIM115 - kept open for the run, closed in close()
+        except OSError as e:
+            raise write_error(self.path, e) from None
         if progress:
             self._bar = tqdm(
                 total=total_steps,
@@ -193,8 +216,11 @@ class MetricsLogger:
             for k, v in record.items()
             if k not in TEXT_KEYS
         }
-        self._f.write(json.dumps(clean) + "\n")
-        self._f.flush()
+        try:
+            self._f.write(json.dumps(clean) + "\n")
+            self._f.flush()
+        except OSError as e:
+            raise self._abandon(self.path, e) from None
         scalars = {
             tag(k): float(v)
             for k, v in record.items()
@@ -202,11 +228,16 @@ class MetricsLogger:
         }
         texts = {tag(k): record[k] for k in TEXT_KEYS if record.get(k)}
         if self._tb_dir:
-            tb = self._writer()
-            for t, v in scalars.items():
-                tb.add_scalar(t, v, step)
-            for t, v in texts.items():
-                tb.add_text(t, v if isinstance(v, str) else markdown_table(*answer_table(v)), step)
+            try:
+                tb = self._writer()
+                for t, v in scalars.items():
+                    tb.add_scalar(t, v, step)
+                for t, v in texts.items():
+                    tb.add_text(
+                        t, v if isinstance(v, str) else markdown_table(*answer_table(v)), step
+                    )
+            except OSError as e:
+                raise self._abandon(self._tb_dir, e) from None
         if self._wandb is not None:
             self._wandb.log({**scalars, **self._wandb_texts(texts)}, step=step)
 
@@ -249,24 +280,49 @@ class MetricsLogger:
 
     def progress(self, step: int, **postfix) -> None:
         if self._bar is not None:
-            self._bar.n = step
-            self._bar.set_postfix(
-                {k: (f"{v:.4g}" if isinstance(v, float) else v) for k, v in postfix.items()},
-                refresh=False,
-            )
-            self._bar.refresh()
+            try:
+                self._bar.n = step
+                self._bar.set_postfix(
+                    {k: (f"{v:.4g}" if isinstance(v, float) else v) for k, v in postfix.items()},
+                    refresh=False,
+                )
+                self._bar.refresh()
+            except OSError:  # stderr is a full disk or a closed pipe: the run goes on without a bar
+                self._bar.disable = True
+                self._bar = None
+
+    def _abandon(self, path: str, e: OSError) -> LogWriteError:
+        """After a failed write: stop logging (later calls are no-ops, close() has nothing left to
+        flush) and return the error to raise. The TensorBoard writer is dropped, not closed: its
+        close() would flush to the same full disk, and waits on a writer thread that may have died of
+        it. The loop's own error handling (checkpoint saves) runs on unhindered."""
+        self.enabled = False
+        with contextlib.suppress(OSError):
+            self._f.close()
+        self._tb = None
+        if self._bar is not None:
+            self._bar.disable = True
+            self._bar = None
+        return write_error(path, e)
 
     def close(self) -> None:
+        """Flush and close everything; never raises (it runs in the loop's `finally`, where an error
+        would hide the one that ended the run): a failure to flush is logged as a warning."""
         if not self.enabled:
             return
         self.enabled = False
-        self._f.close()
-        if self._tb is not None:
-            self._tb.close()
-        if self._wandb is not None:
-            self._wandb.finish()
-        if self._bar is not None:
-            self._bar.close()
+        for what, closer in (
+            (self.path, self._f.close),
+            (self._tb_dir, self._tb.close if self._tb is not None else None),
+            ("wandb", self._wandb.finish if self._wandb is not None else None),
+            ("progress bar", self._bar.close if self._bar is not None else None),
+        ):
+            if closer is None:
+                continue
+            try:
+                closer()
+            except OSError as e:
+                log.warning("%s", write_error(what, e))
 
 
 def _as_dict(config: Mapping) -> dict:

@@ -7,28 +7,38 @@ Start-up order: resume the latest checkpoint in `workdir` (state + data iterator
 (any model folder: a previous stage's run dir, a params checkpoint, an HF folder; fresh optimizer
 state) > random init. The host loop only feeds batches; metrics are read one step late
 (train/tracker.py), so the host never waits on the device, and the input pipeline runs ahead in
-grain threads (data_wait_fraction shows when it does not). SIGTERM saves a checkpoint and raises
-Preempted; a run of non-finite steps stops the run.
+grain threads (data_wait_fraction shows when it does not). A run of non-finite steps stops the run.
+
+One run per workdir: process 0 holds WORKDIR/run.lock for the whole run (train/workdir_lock.py).
+SIGTERM / SIGINT at every phase (`_Interrupts`): during set-up and the first compile the run exits at
+once with nothing saved (Interrupted, exit 143 / 130); during training the loop saves the step it
+reached and raises Preempted (SIGTERM, 143) / Interrupted (SIGINT, 130); during the final save final/
+is finished first, then Interrupted; a second signal exits at once.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import logging
 import os
 import signal
+import socket
+import sys
+import threading
 import time
+from collections.abc import Callable
 from typing import Any
 
 import jax
 
 from dsvl_jax.checkpoints import FINAL_DIR, ModelSource, RunCheckpoints, open_model, save_params
-from dsvl_jax.checkpoints.run import saved_steps
+from dsvl_jax.checkpoints.run import QUARANTINE_DIR, record_config_changes, saved_steps
 from dsvl_jax.checkpoints.sources import RUN_CONFIG, STEPS_DIR
 from dsvl_jax.checkpoints.talk import TALK_DIR, write_talk
 from dsvl_jax.data import pipeline
-from dsvl_jax.errors import CheckpointError, ConfigError, Preempted
+from dsvl_jax.errors import SIGNAL_EXIT, CheckpointError, ConfigError, Interrupted, Preempted
 from dsvl_jax.model.config import ModelConfig, architecture_diff, model_config_from_dict
 from dsvl_jax.model.params import abstract_params, flatten
 from dsvl_jax.parallel import distributed
@@ -36,16 +46,17 @@ from dsvl_jax.parallel.mesh import build_mesh
 from dsvl_jax.parallel.rules import rules_from_config
 from dsvl_jax.parallel.sharding import batch_shards, shard_host_batch
 from dsvl_jax.train import metrics as M
+from dsvl_jax.train import workdir_lock
 from dsvl_jax.train.evaluate import Evaluator
 from dsvl_jax.train.logger import MetricsLogger
 from dsvl_jax.train.optim import trainable_paths
 from dsvl_jax.train.state import StateFactory, TrainState
-from dsvl_jax.train.step import CompiledStep
+from dsvl_jax.train.step import CompiledStep, check_lr
 from dsvl_jax.train.tracker import RunError, StepTracker, batch_counts
 
 log = logging.getLogger(__name__)
 
-__all__ = ["Preempted", "RunError", "RunResult", "train", "validate"]
+__all__ = ["Interrupted", "Preempted", "RunError", "RunResult", "train", "validate"]
 
 
 @dataclasses.dataclass
@@ -74,6 +85,7 @@ def validate(cfg) -> ModelConfig:
         )
     if t.steps <= 0:
         raise ConfigError(f"train.steps={t.steps} must be > 0")
+    check_lr(t)  # a non-finite or absurd learning rate is refused before anything compiles
     if not cfg.data.sources:
         raise ConfigError("data.sources is empty: nothing to train on")
     return mcfg
@@ -97,11 +109,14 @@ class Run:
     evaluator: Evaluator | None
 
 
-def setup(cfg, workdir: str) -> Run:
-    """Mesh, sharded state (resumed, initialised from init_from, or random), data, logging."""
+def setup(cfg, workdir: str, held: contextlib.ExitStack) -> Run:
+    """Mesh, sharded state (resumed, initialised from init_from, or random), data, logging. Process 0
+    takes the workdir's lock first; `held` releases it when the run ends, however it ends."""
     distributed.initialize(cfg.parallel)
     mcfg = validate(cfg)
     workdir = os.path.abspath(workdir)
+    if jax.process_index() == 0:  # one run per workdir (a second one refuses, naming this one)
+        held.callback(workdir_lock.acquire(workdir).release)
     init = _init_source(cfg, workdir)
     main = jax.process_index() == 0
     factory = _state_factory(cfg, mcfg)
@@ -109,8 +124,6 @@ def setup(cfg, workdir: str) -> Run:
     evaluator = Evaluator(cfg, mcfg, factory) if cfg.eval.every_steps and cfg.eval.sources else None
     if main:
         os.makedirs(workdir, exist_ok=True)
-        with open(os.path.join(workdir, RUN_CONFIG), "w") as f:
-            f.write(cfg.to_json_best_effort(indent=2))
         # how this model talks, for every step checkpoint of the run (checkpoints/talk.py)
         write_talk(os.path.join(workdir, TALK_DIR), cfg.data.system_prompt, cfg.data.tokenizer)
     c = cfg.checkpoint
@@ -121,6 +134,11 @@ def setup(cfg, workdir: str) -> Run:
         async_save=c.async_save,
     )
     state, meta = _initial_state(cfg, mcfg, factory, ckpts, data_iter, init)
+    if main:  # once the resume's config check passed: a refused config leaves config.json as it was
+        with open(os.path.join(workdir, RUN_CONFIG), "w") as f:
+            f.write(cfg.to_json_best_effort(indent=2))
+        if "config_changes" in meta:
+            record_config_changes(workdir, **meta["config_changes"])
     start = int(meta.get("loop_step", 0))
     tracker = _tracker(
         cfg, mcfg, workdir, main, start, int(meta.get("skipped_steps", 0)), data_iter
@@ -156,13 +174,18 @@ def _state_factory(cfg, mcfg: ModelConfig) -> StateFactory:
 
 
 def _initial_state(cfg, mcfg, factory, ckpts, data_iter, init) -> tuple[TrainState, dict]:
-    """(state, checkpoint meta): the latest checkpoint (the data iterator is positioned with it), else
-    a random init whose params come from init_from when one is given."""
-    latest = ckpts.latest_step()
-    if latest is not None:
-        state, meta = ckpts.restore(latest, factory.abstract_sharded(), data_iter)
-        log.info("resumed from %s step %d", ckpts.directory, latest)
-        return state, meta
+    """(state, checkpoint meta): the latest good checkpoint (the data iterator is positioned with it;
+    bad steps are moved aside, a config that differs from the checkpoint's is refused unless
+    resume_overrides accepts it: checkpoints/run.py), else a random init whose params come from
+    init_from when one is given. meta["config_changes"]: what setup records in config_history.jsonl."""
+    ckpts.config = json.loads(cfg.to_json_best_effort())  # saved with every step, checked on resume
+    got = ckpts.restore_latest(
+        factory.abstract_sharded(), data_iter, accept=cfg.get("resume_overrides", "")
+    )
+    if got is not None:
+        log.info("resumed from %s step %d", ckpts.directory, got.step)
+        changes = dict(step=got.step, accepted=got.accepted, unchecked=got.unchecked)
+        return got.state, {**got.meta, "config_changes": changes}
     state = factory.init(jax.random.key(cfg.train.seed))
     if init is not None:
         params = init.params(mcfg, factory.shardings.params)
@@ -199,8 +222,14 @@ def _tracker(
 
 def _init_source(cfg, workdir: str) -> ModelSource | None:
     """The model folder init_from names, opened before anything compiles (a fresh run only: a run with
-    checkpoints resumes from them and never reads init_from)."""
-    if not cfg.init_from or saved_steps(os.path.join(workdir, STEPS_DIR)):
+    checkpoints resumes from them and never reads init_from; one whose steps were all moved aside as
+    bad stops in _initial_state, it does not start over from init_from)."""
+    steps_dir = os.path.join(workdir, STEPS_DIR)
+    if (
+        not cfg.init_from
+        or saved_steps(steps_dir)
+        or os.path.isdir(os.path.join(steps_dir, QUARANTINE_DIR))
+    ):
         return None
     try:
         src = open_model(cfg.init_from)
@@ -224,31 +253,126 @@ def _flag_value(v) -> str:
     return str(v)
 
 
-class _Sigterm:
-    """Turns SIGTERM into a flag the loop checks after each step (main thread only)."""
+SETUP, TRAINING, FINAL_SAVE = "set-up", "training", "final save"
+_SIGNALS = (signal.SIGTERM, signal.SIGINT)
+HARD_EXIT_GRACE_S = 2.0  # set-up: how long the main thread gets to unwind before the watcher exits
 
-    def __init__(self):
-        self.hit = False
-        self._old = None
 
-    def __enter__(self):
-        try:
-            self._old = signal.signal(signal.SIGTERM, self._handle)
-        except ValueError:  # not the main thread
-            self._old = None
+class _Interrupts:
+    """SIGTERM and SIGINT at every phase of a run (installed from the main thread only; elsewhere the
+    signals keep their handlers).
+
+    set-up (up to the end of the first step's compile): nothing to save. The handler raises
+      Interrupted in the main thread. While that thread sits in a long C call (an XLA compile: minutes
+      for 7B, longer than a preemption's grace period) no Python handler runs, so a watcher thread,
+      woken by the signal itself through signal.set_wakeup_fd, prints the same one line, releases the
+      workdir lock and ends the process when the run has not unwound within HARD_EXIT_GRACE_S.
+    training: `hit` is set; the loop saves the step it reached and raises Preempted (SIGTERM) /
+      Interrupted (SIGINT, exit 130).
+    final save (with the last step, or in finish()): `hit` is set; final/ is finished, then train raises
+      Interrupted with the signal's exit code.
+    A second signal in any phase exits at once with its code: a step checkpoint being written is left
+    uncommitted (orbax commits a step atomically: the rerun resumes from the last complete one), an
+    unfinished final/ is written again by the rerun.
+    """
+
+    def __init__(self, before_exit: Callable[[], None]):
+        self.phase = SETUP
+        self.hit: str | None = None  # the first signal's name, once training is under way
+        self._before_exit = before_exit
+        self._raised = False
+        self._signals = 0
+        self._done = threading.Event()
+        self._old: dict = {}
+        self._old_fd = -1
+        self._pipe: tuple[socket.socket, socket.socket] | None = None
+        self._watcher: threading.Thread | None = None
+
+    def __enter__(self) -> _Interrupts:
+        if threading.current_thread() is not threading.main_thread():
+            return self
+        r, w = socket.socketpair()
+        w.setblocking(False)
+        self._pipe = (r, w)
+        self._old_fd = signal.set_wakeup_fd(w.fileno(), warn_on_full_buffer=False)
+        self._old = {s: signal.signal(s, self._handle) for s in _SIGNALS}
+        self._watcher = threading.Thread(target=self._watch, name="signal-watcher", daemon=True)
+        self._watcher.start()
         return self
 
-    def _handle(self, *_):
-        self.hit = True
+    def _handle(self, signum, _frame) -> None:  # the main thread, between two bytecodes
+        name = signal.Signals(signum).name
+        if self.phase != SETUP:
+            self.hit = self.hit or name
+        elif not self._raised:
+            self._raised = True
+            raise Interrupted.before_first_step(name)
 
-    def __exit__(self, *exc):
-        if self._old is not None:
-            signal.signal(signal.SIGTERM, self._old)
+    def _watch(self) -> None:  # each signal as it arrives, whatever the main thread is doing
+        while True:
+            try:
+                got = self._pipe[0].recv(1)
+            except OSError:
+                return
+            if not got or got == b"\0":  # __exit__
+                return
+            if got[0] not in _SIGNALS:
+                continue
+            name = signal.Signals(got[0]).name
+            self._signals += 1
+            if self._signals > 1:
+                self._exit(name, self._second(name))
+            if self.phase != SETUP:
+                self.hit = self.hit or name
+            elif not self._done.wait(HARD_EXIT_GRACE_S):  # the main thread is stuck in a C call
+                self._exit(name, str(Interrupted.before_first_step(name)))
+
+    def _second(self, name: str) -> str:
+        if self.phase == SETUP:
+            return f"second {name} during set-up: exiting at once, nothing saved"
+        if self.phase == FINAL_SAVE:
+            return (
+                f"second {name} during the final save: exiting at once; final/ may be incomplete "
+                "(rerunning the command writes it again)"
+            )
+        return (
+            f"second {name}: exiting at once without waiting for a checkpoint; rerunning the "
+            "command resumes from the last complete one"
+        )
+
+    def _exit(self, name: str, message: str) -> None:
+        print(f"train: {message}", file=sys.stderr, flush=True)
+        # the workdir lock (exiting anyway: a lock left behind is taken over by the next run)
+        with contextlib.suppress(Exception):
+            self._before_exit()
+        os._exit(SIGNAL_EXIT[name])
+
+    def stopped(self, step: int, directory: str) -> Interrupted:
+        msg = (
+            f"{self.hit} at step {step}: checkpoint saved in {directory}; rerunning the command "
+            "resumes from it"
+        )
+        return Preempted(msg) if self.hit == "SIGTERM" else Interrupted(msg, SIGNAL_EXIT[self.hit])
+
+    def __exit__(self, *exc) -> None:
+        self._done.set()
+        if self._pipe is None:
+            return
+        for s, old in self._old.items():
+            signal.signal(s, old)
+        signal.set_wakeup_fd(self._old_fd)
+        r, w = self._pipe
+        with contextlib.suppress(OSError):
+            w.send(b"\0")
+        self._watcher.join(timeout=HARD_EXIT_GRACE_S + 1)
+        r.close()
+        w.close()
 
 
-def run_loop(run: Run) -> int:
+def run_loop(run: Run, sig: _Interrupts) -> int:
     """Steps from run.start to train.steps; -> the last step reached. Checkpoints every
-    checkpoint.every_steps, at the end and on SIGTERM (then raises Preempted)."""
+    checkpoint.every_steps, at the end, and on SIGTERM / SIGINT once the first step has compiled (then
+    raises Preempted / Interrupted; before that the signal ends the run at once: `_Interrupts`)."""
     cfg, f, tr = run.cfg, run.factory, run.tracker
     end, step = cfg.train.steps, run.start
 
@@ -260,31 +384,34 @@ def run_loop(run: Run) -> int:
         }
         run.ckpts.save(step, run.state, run.data_iter, meta, force=force)
 
-    with _Sigterm() as sig:
-        while step < end:
-            t0 = time.perf_counter()
-            batch = next(run.data_iter)
-            data_s = time.perf_counter() - t0
-            counts = batch_counts(batch, run.mcfg.image_token_id, run.mcfg.num_image_tokens)
-            run.state, metrics = run.step_fn(run.state, shard_host_batch(batch, f.mesh, f.rules))
-            step += 1
-            tr.dispatched(step, metrics, data_s, counts)
-            if run.evaluator is not None and step % cfg.eval.every_steps == 0:
-                tr.record({"step": step, **run.evaluator.run(run.state.params)})
-            if step % cfg.checkpoint.every_steps == 0 or step == end or sig.hit:
-                # the checkpoint's counters include this step
-                tr.settle(force=step == end or sig.hit)
-                save(force=sig.hit)
-            if sig.hit:
-                raise Preempted(
-                    f"SIGTERM at step {step}: checkpoint saved in {run.ckpts.directory}"
-                )
-        tr.settle(force=True)
+    if step < end:
+        log.info("compiling the train step (step %d)", step + 1)
+    while step < end:
+        t0 = time.perf_counter()
+        batch = next(run.data_iter)
+        data_s = time.perf_counter() - t0
+        counts = batch_counts(batch, run.mcfg.image_token_id, run.mcfg.num_image_tokens)
+        run.state, metrics = run.step_fn(run.state, shard_host_batch(batch, f.mesh, f.rules))
+        sig.phase = TRAINING  # compiled: from now on a signal stops the run with a checkpoint
+        step += 1
+        tr.dispatched(step, metrics, data_s, counts)
+        if run.evaluator is not None and step % cfg.eval.every_steps == 0:
+            tr.record({"step": step, **run.evaluator.run(run.state.params)})
+        if step % cfg.checkpoint.every_steps == 0 or step == end or sig.hit:
+            # the checkpoint's counters include this step
+            tr.settle(force=step == end or bool(sig.hit))
+            save(force=bool(sig.hit))
+        if (
+            sig.hit and step < end
+        ):  # at the last step the run goes on to final/ (train raises after)
+            raise sig.stopped(step, run.ckpts.directory)
+    tr.settle(force=True)
     return step
 
 
 def finish(run: Run, step: int) -> str:
-    """After the last step: final/ (params + tokenizer: the next stage's init_from) and data stats."""
+    """After the last step: final/ (params + tokenizer: the next stage's init_from) and data stats.
+    A signal meanwhile does not stop it: train raises Interrupted once it is written."""
     final = ""
     if step >= run.cfg.train.steps:
         final = os.path.join(run.workdir, FINAL_DIR)
@@ -299,14 +426,23 @@ def finish(run: Run, step: int) -> str:
 
 
 def train(cfg, workdir: str) -> RunResult:
-    """Run (or resume) the configured training stage in `workdir`."""
-    run = setup(cfg, workdir)
-    try:  # a failing run still finishes its in-flight (async) checkpoint writes
-        step = run_loop(run)
-    finally:
-        run.ckpts.close()
-        run.tracker.logger.close()
-    final = finish(run, step)
+    """Run (or resume) the configured training stage in `workdir`. Holds the workdir lock (process 0)
+    and handles SIGTERM / SIGINT (`_Interrupts`) from set-up to the end of the final save."""
+    with contextlib.ExitStack() as held, _Interrupts(before_exit=held.close) as sig:
+        run = setup(cfg, workdir, held)
+        try:  # a failing run still finishes its in-flight (async) checkpoint writes
+            step = run_loop(run, sig)
+            sig.phase = FINAL_SAVE
+        finally:
+            run.ckpts.close()
+            run.tracker.logger.close()
+        final = finish(run, step)
+        if sig.hit:  # with the last step or during the final save: the run is complete
+            raise Interrupted(
+                f"{sig.hit} during the final save: final/ was completed first ({final}); the run "
+                "is complete",
+                SIGNAL_EXIT[sig.hit],
+            )
     return RunResult(
         run.workdir, step, final, run.tracker.last, run.tracker.skipped_total, run.step_fn.compiles
     )

@@ -14,6 +14,7 @@ host reports the loss per source and per modality (train/tracker.py).
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import flax.linen as nn
@@ -126,10 +127,13 @@ def train_step(
     if t.clip_norm > 0:
         scale = scale * jnp.minimum(1.0, t.clip_norm / jnp.maximum(gnorm, 1e-12))
     grads = jax.tree.map(lambda g: g * scale, grads)
-    # A non-finite loss or gradient skips the update (state unchanged, counted): the optimizer keeps its
-    # moments, the select below keeps the parameters (fused into the in-place update), and no NaN ever
-    # reaches the parameters or a checkpoint.
+    # A step whose loss, gradient, update or new parameters would be non-finite is skipped (state
+    # unchanged, counted): the optimizer keeps its moments, the select below keeps the parameters (fused
+    # into the in-place update), and no NaN ever reaches the parameters or a checkpoint. A finite
+    # gradient can still give a non-finite update: an lr that overflows (1e39 is inf in float32), a NaN
+    # in a restored optimizer moment, p + u overflowing in bfloat16.
     ok = jnp.isfinite(aux["ce_sum"]) & jnp.isfinite(gnorm)
+    ok = ok & _update_finite(tx, grads, state.opt_state, train, ok)
     updates, opt_state = tx.update(grads, state.opt_state, train, ok=ok)
     train = jax.tree.map(lambda p, u: jnp.where(ok, p + u.astype(p.dtype), p), train, updates)
     params = unflatten({**train, **frozen})
@@ -147,6 +151,55 @@ def train_step(
     return TrainState(
         step=state.step + ok.astype(jnp.int32), params=params, opt_state=opt_state
     ), metrics
+
+
+def _update_finite(tx, grads: dict, opt_state, train: dict, ok: jax.Array) -> jax.Array:
+    """Whether the update would leave every trainable parameter finite (a scalar bool, on device).
+
+    A probe run of the optimizer whose new moments are discarded and whose parameters are only reduced:
+    XLA fuses it into one read of the gradients, moments and parameters, with no [param]-sized buffer
+    and without keeping the old moments alive next to the new ones, so the real update below stays in
+    place (optim.adamw). Checking p + u covers the update too: an inf or NaN in u makes p + u one.
+    """
+    probe, _ = tx.update(grads, opt_state, train, ok=ok)
+    finite = [jnp.all(jnp.isfinite(p + probe[k].astype(p.dtype))) for k, p in train.items()]
+    return jnp.all(jnp.stack(finite)) if finite else jnp.asarray(True)
+
+
+# train.lr above this is refused at start (check_lr): no real AdamW run uses more than ~1e-2, and a
+# finite but absurd lr (1e30) explodes the parameters without ever making them non-finite.
+MAX_LR = 10.0
+
+
+def check_lr(t) -> None:
+    """Refuse a train section whose learning rate is not a finite number in [0, MAX_LR] (train.lr, and
+    the peak of its schedule: train.step_factor multiplies it at each milestone). 0 is allowed (a run
+    that measures throughput or eval only). ConfigError naming the field."""
+
+    def real(v) -> bool:
+        return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+    lr = t.lr
+    if not (real(lr) and 0 <= lr <= MAX_LR):
+        raise ConfigError(
+            f"train.lr={lr!r}: must be a finite number in [0, {MAX_LR:g}] (AdamW runs use ~1e-5 to "
+            "1e-3; a larger lr makes the parameters explode or become non-finite)"
+        )
+    if t.schedule == "step":
+        f, n = t.step_factor, len(t.step_milestones)
+        if not (real(f) and f >= 0):
+            raise ConfigError(f"train.step_factor={f!r}: must be a finite number >= 0")
+        try:
+            peak = lr * max(1.0, f) ** n
+        except OverflowError:
+            peak = math.inf
+        if peak > MAX_LR:
+            raise ConfigError(
+                f"train.lr={lr:g} x train.step_factor={f:g} at {n} milestones peaks at {peak:g} > "
+                f"{MAX_LR:g}"
+            )
+    if t.schedule == "cosine" and not (real(t.end_lr_frac) and 0 <= t.end_lr_frac <= 1):
+        raise ConfigError(f"train.end_lr_frac={t.end_lr_frac!r}: must be a number in [0, 1]")
 
 
 def batch_shardings(factory: StateFactory, batch_like: dict) -> dict:

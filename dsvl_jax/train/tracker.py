@@ -154,16 +154,23 @@ class StepTracker:
             return
         self.skipped_total += 1
         self._bad_run += 1
+        # the step skips on a non-finite loss or gradient, or on an update that would make a parameter
+        # non-finite (train/step.py); with a finite loss and gradient it was the update
+        grad_ok = np.isfinite(m["loss"]) and np.isfinite(m["grad_norm"])
+        cause = "update (learning rate or optimizer state)" if grad_ok else "loss/gradient"
         log.warning(
-            "step %d: non-finite loss/gradient (loss=%s grad_norm=%s): update skipped",
+            "step %d: non-finite %s (loss=%s grad_norm=%s): update skipped",
             step,
+            cause,
             m["loss"],
             m["grad_norm"],
         )
         if self._bad_run >= self.max_bad_steps:
             raise RunError(
-                f"{self._bad_run} non-finite steps in a row (last: step {step}); stopping. "
-                "The last checkpoint holds finite parameters; lower train.lr or check the data."
+                f"{self._bad_run} non-finite steps in a row (last: step {step}, non-finite {cause}); "
+                "stopping. Skipped steps leave the parameters as they were, and the latest saved "
+                "checkpoint (if any) predates these steps; lower train.lr or check the data (and, "
+                "resuming, the optimizer state of that checkpoint)."
             )
 
     def _write(self, step: int, m: dict) -> None:
