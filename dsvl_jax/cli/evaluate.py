@@ -193,6 +193,11 @@ def main(argv: list[str]) -> None:
     command.setup_device_process()
     from dsvl_jax.eval import format_summary, suite
 
+    if FLAGS.benchmark and FLAGS.benchmark not in suite.readers():
+        raise app.UsageError(
+            f"--benchmark={FLAGS.benchmark}: unknown; known: {', '.join(sorted(suite.readers()))}"
+        )
+
     t0 = time.time()
     if FLAGS.suite:
         found = suite.find(FLAGS.data_root)

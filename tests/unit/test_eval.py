@@ -374,6 +374,11 @@ def test_evaluate_cli_end_to_end(files, tiny_ckpt, tmp_path):
     assert r["n_scored"] == 1 and len(seen[0][0][1]) == 2  # two decoded images for one prompt
     ids = list(seen[0][0][0])
     assert ids.count(cfg.image_token_id) == 2 * cfg.num_image_tokens
+    # An unknown benchmark name is a usage error naming the known ones.
+    p = commands.run("evaluate", "--benchmark=popee", f"--data={data}", f"--predictions={preds}")
+    assert p.returncode == 2 and p.stderr.strip().splitlines()[-1].startswith(
+        "evaluate: error: --benchmark=popee: unknown; known: ai2d, arc, chartqa"
+    )
     # A wrong data path is a usage error: one line, before the model loads.
     p = commands.run(
         "evaluate", f"--checkpoint={ckpt}", f"--data={tmp_path / 'nope.tsv'}", devices=1
