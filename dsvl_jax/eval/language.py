@@ -50,7 +50,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from dsvl_jax.eval.items import LETTERS, EvalItem, EvalSet, ItemError, Skipped
-from dsvl_jax.eval.metrics import Metric
+from dsvl_jax.eval.metrics import Metric, accuracy, record
+from dsvl_jax.eval.scoring import mean
 from dsvl_jax.infer import Engine
 from dsvl_jax.model.decode import bucket_length, positions_from_mask
 from dsvl_jax.model.vlm import DeepseekVL
@@ -337,25 +338,12 @@ def _same_number(a: str | None, b: str | None) -> bool:
 def score_gsm8k(item: EvalItem, prediction: str) -> dict:
     target = gsm8k_target(item.answers[0]) or last_number(item.answers[0])
     extracted = last_number(prediction)
-    return {
-        "id": item.id,
-        "category": item.category,
-        "type": item.kind,
-        "question": item.question,
-        "prediction": prediction,
-        "answers": list(item.answers),
-        "extracted": extracted,
-        "target": target,
-        "correct": _same_number(extracted, target),
-    }
-
-
-def _mean(xs: list[bool]) -> float | None:
-    return sum(xs) / len(xs) if xs else None
+    ok = _same_number(extracted, target)
+    return record(item, prediction, ok, extracted=extracted, target=target)
 
 
 def aggregate_gsm8k(records: Sequence[dict]) -> dict:
-    return {"n": len(records), "accuracy": _mean([r["correct"] for r in records])}
+    return accuracy(records)
 
 
 def _argmax_letter(values: Sequence[float], letters: Sequence[str]) -> str | None:
@@ -380,28 +368,24 @@ def score_loglik(item: EvalItem, prediction: str) -> dict:
         choice = _argmax_letter(loglik, letters) if loglik else None
     choice_norm = _argmax_letter(norm, letters) if norm else choice
     answer = item.answers[0]
-    return {
-        "id": item.id,
-        "category": item.category,
-        "type": item.kind,
-        "question": item.question,
-        "prediction": choice if choice is not None else prediction,
-        "answers": list(item.answers),
-        "options": dict(item.options),
-        "choice": choice,
-        "correct": choice == answer,
-        "loglik": loglik,
-        "loglik_norm": norm,
-        "choice_norm": choice_norm,
-        "correct_norm": choice_norm == answer,
-    }
+    return record(
+        item,
+        choice if choice is not None else prediction,
+        choice == answer,
+        options=dict(item.options),
+        choice=choice,
+        loglik=loglik,
+        loglik_norm=norm,
+        choice_norm=choice_norm,
+        correct_norm=choice_norm == answer,
+    )
 
 
 def aggregate_loglik(records: Sequence[dict]) -> dict:
     return {
         "n": len(records),
-        "accuracy": _mean([r["correct"] for r in records]),
-        "accuracy_norm": _mean([r["correct_norm"] for r in records]),
+        "accuracy": mean([r["correct"] for r in records]),
+        "accuracy_norm": mean([r["correct_norm"] for r in records]),
     }
 
 

@@ -40,7 +40,7 @@ class Metric:
 # --- shared helpers ------------------------------------------------------------------------------
 
 
-def _record(item: EvalItem, prediction: str, correct: bool, **fields) -> dict:
+def record(item: EvalItem, prediction: str, correct: bool, **fields) -> dict:
     return {
         "id": item.id,
         "category": item.category,
@@ -53,12 +53,8 @@ def _record(item: EvalItem, prediction: str, correct: bool, **fields) -> dict:
     }
 
 
-def _mean(xs: Sequence[float]) -> float | None:
-    return sum(xs) / len(xs) if xs else None
-
-
-def _accuracy(records: Sequence[dict]) -> dict:
-    return {"n": len(records), "accuracy": _mean([r["correct"] for r in records])}
+def accuracy(records: Sequence[dict]) -> dict:
+    return {"n": len(records), "accuracy": scoring.mean([r["correct"] for r in records])}
 
 
 def levenshtein(a: str, b: str) -> int:
@@ -148,11 +144,11 @@ def _score_vqa(item: EvalItem, prediction: str) -> dict:
     answers, since its stored answers are already processed. `correct`: at least one human gave
     this answer (vqa_accuracy > 0), so `accuracy` is the any-annotator match rate."""
     acc = vqa_accuracy(prediction, item.answers)
-    return _record(item, prediction, acc > 0, vqa_accuracy=acc)
+    return record(item, prediction, acc > 0, vqa_accuracy=acc)
 
 
 def _aggregate_vqa(records: Sequence[dict]) -> dict:
-    return {**_accuracy(records), "vqa_accuracy": _mean([r["vqa_accuracy"] for r in records])}
+    return {**accuracy(records), "vqa_accuracy": scoring.mean([r["vqa_accuracy"] for r in records])}
 
 
 # --- ANLS (DocVQA, InfographicVQA) ---------------------------------------------------------------
@@ -175,11 +171,11 @@ def anls(prediction: str, answers: Sequence[str], threshold: float = ANLS_THRESH
 def _score_anls(item: EvalItem, prediction: str) -> dict:
     """`correct`: some answer within the threshold (anls > 0)."""
     s = anls(prediction, item.answers)
-    return _record(item, prediction, s > 0, anls=s)
+    return record(item, prediction, s > 0, anls=s)
 
 
 def _aggregate_anls(records: Sequence[dict]) -> dict:
-    return {**_accuracy(records), "anls": _mean([r["anls"] for r in records])}
+    return {**accuracy(records), "anls": scoring.mean([r["anls"] for r in records])}
 
 
 # --- relaxed accuracy (ChartQA) ------------------------------------------------------------------
@@ -213,11 +209,11 @@ def relaxed_correct(prediction: str, answers: Sequence[str]) -> bool:
 
 def _score_relaxed(item: EvalItem, prediction: str) -> dict:
     ok = relaxed_correct(prediction, item.answers)
-    return _record(item, prediction, ok, relaxed=ok)
+    return record(item, prediction, ok, relaxed=ok)
 
 
 def _aggregate_relaxed(records: Sequence[dict]) -> dict:
-    acc = _accuracy(records)
+    acc = accuracy(records)
     return {**acc, "relaxed_accuracy": acc["accuracy"]}
 
 
@@ -237,7 +233,7 @@ def pope_parse(text: str) -> str:
 def _score_pope(item: EvalItem, prediction: str) -> dict:
     label = str(item.meta.get("label", item.answers[0] if item.answers else "")).strip().lower()
     parsed = pope_parse(prediction)
-    return _record(item, prediction, parsed == label, label=label, parsed=parsed)
+    return record(item, prediction, parsed == label, label=label, parsed=parsed)
 
 
 def _aggregate_pope(records: Sequence[dict]) -> dict:
@@ -253,11 +249,11 @@ def _aggregate_pope(records: Sequence[dict]) -> dict:
     if precision is not None and recall is not None:
         f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
     return {
-        **_accuracy(records),
+        **accuracy(records),
         "precision": precision,
         "recall": recall,
         "f1": f1,
-        "yes_ratio": _mean([r["parsed"] == "yes" for r in records]),
+        "yes_ratio": scoring.mean([r["parsed"] == "yes" for r in records]),
     }
 
 
@@ -271,7 +267,7 @@ def _score_circular(item: EvalItem, prediction: str) -> dict:
     choice = scoring.parse_choice(prediction, item.options)
     group = str(item.meta.get("group", item.id))
     ok = choice is not None and choice == item.answers[0]
-    return _record(item, prediction, ok, group=group, choice=choice)
+    return record(item, prediction, ok, group=group, choice=choice)
 
 
 def _aggregate_circular(records: Sequence[dict]) -> dict:
@@ -280,8 +276,8 @@ def _aggregate_circular(records: Sequence[dict]) -> dict:
     for r in records:
         groups[r["group"]] = groups.get(r["group"], True) and r["correct"]
     return {
-        **_accuracy(records),
-        "circular_accuracy": _mean(list(groups.values())),
+        **accuracy(records),
+        "circular_accuracy": scoring.mean(list(groups.values())),
         "n_groups": len(groups),
     }
 
@@ -348,7 +344,7 @@ def _score_mathvista(item: EvalItem, prediction: str) -> dict:
     extracted = mathvista_extract(prediction, item.meta)
     norm = mathvista_normalize(extracted, item.meta)
     ok = norm is not None and bool(item.answers) and norm == item.answers[0]
-    return _record(item, prediction, ok, extracted=extracted, normalized=norm)
+    return record(item, prediction, ok, extracted=extracted, normalized=norm)
 
 
 # --- MMMU -----------------------------------------------------------------------------------------
@@ -449,9 +445,9 @@ def _score_mmmu(item: EvalItem, prediction: str) -> dict:
     if item.options:
         parsed = mmmu_parse_choice(prediction, item.options)
         ok = parsed is not None and parsed in item.answers
-        return _record(item, prediction, ok, parsed=parsed)
+        return record(item, prediction, ok, parsed=parsed)
     parsed = mmmu_parse_open(prediction)
-    return _record(item, prediction, mmmu_open_correct(parsed, item.answers), parsed=parsed)
+    return record(item, prediction, mmmu_open_correct(parsed, item.answers), parsed=parsed)
 
 
 # --- OCRBench -------------------------------------------------------------------------------------
@@ -472,12 +468,12 @@ def ocrbench_correct(prediction: str, answers: Sequence[str], hme: bool = False)
 def _score_ocrbench(item: EvalItem, prediction: str) -> dict:
     """HME100k items: item.meta["dataset"] or the category names it."""
     hme = any(str(x).strip().lower() in _HME for x in (item.category, item.meta.get("dataset")))
-    return _record(item, prediction, ocrbench_correct(prediction, item.answers, hme))
+    return record(item, prediction, ocrbench_correct(prediction, item.answers, hme))
 
 
 def _aggregate_ocrbench(records: Sequence[dict]) -> dict:
     """`score` is the number of correct items (an int; OCRBench reports it out of its 1000)."""
-    return {**_accuracy(records), "score": sum(bool(r["correct"]) for r in records)}
+    return {**accuracy(records), "score": sum(bool(r["correct"]) for r in records)}
 
 
 METRICS: dict[str, Metric] = {
@@ -487,7 +483,7 @@ METRICS: dict[str, Metric] = {
     "relaxed": Metric("relaxed", _score_relaxed, _aggregate_relaxed, "relaxed_accuracy"),
     "pope": Metric("pope", _score_pope, _aggregate_pope, "f1"),
     "circular": Metric("circular", _score_circular, _aggregate_circular, "circular_accuracy"),
-    "mathvista": Metric("mathvista", _score_mathvista, _accuracy),
-    "mmmu": Metric("mmmu", _score_mmmu, _accuracy),
+    "mathvista": Metric("mathvista", _score_mathvista, accuracy),
+    "mmmu": Metric("mmmu", _score_mmmu, accuracy),
     "ocrbench": Metric("ocrbench", _score_ocrbench, _aggregate_ocrbench, "score"),
 }

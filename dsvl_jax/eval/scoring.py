@@ -119,7 +119,8 @@ def score(item, prediction: str) -> dict:
     return rec
 
 
-def _mean(xs: list[bool]) -> float | None:
+def mean(xs) -> float | None:
+    """The mean of a list of scores (bools count 0/1); None when there is nothing to average."""
     return sum(xs) / len(xs) if xs else None
 
 
@@ -129,12 +130,12 @@ def metrics(records: Sequence[dict]) -> dict:
     mc = [r for r in records if r["type"] == "mc"]
     return {
         "n": len(records),
-        "accuracy": _mean([r["correct"] for r in records]),
+        "accuracy": mean([r["correct"] for r in records]),
         "n_open": len(open_),
-        "exact_match": _mean([r["exact"] for r in open_]),
-        "relaxed_accuracy": _mean([r["relaxed"] for r in open_]),
+        "exact_match": mean([r["exact"] for r in open_]),
+        "relaxed_accuracy": mean([r["relaxed"] for r in open_]),
         "n_mc": len(mc),
-        "mc_accuracy": _mean([r["correct"] for r in mc]),
+        "mc_accuracy": mean([r["correct"] for r in mc]),
         "mc_unparsed": sum(r["choice"] is None for r in mc),
     }
 
