@@ -48,3 +48,18 @@ def make_corpus(
     )
     assert p.returncode == 0, p.stderr[-3000:]
     return str(out)
+
+
+def tiny_corpus(root, heldout_chart: bool = False) -> str:
+    """Every embedded kind, 16 records at 64 px, plus a 400-piece SentencePiece tokenizer, under
+    `root` (the data_root of the tiny training tests); `heldout_chart` adds the chart held-out split."""
+    from dsvl_jax.data import builders, records, shards, tokenizer
+
+    dirs = builders.generate_corpus(records.KINDS, str(root), n=16, seed=0, image_size=64)
+    if heldout_chart:
+        builders.generate_corpus(
+            ("chart",), os.path.join(str(root), "dsvl_chart", "heldout"), n=8, seed=1, image_size=64
+        )
+    ex = [shards.open_source(d)[i] for d in dirs.values() for i in range(16)]
+    tokenizer.train_on_examples(ex, 400, out=os.path.join(str(root), "tokenizer.model"))
+    return str(root)

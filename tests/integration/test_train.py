@@ -14,7 +14,7 @@ import pytest
 
 from dsvl_jax.checkpoints import CheckpointError, RunCheckpoints, load_model, open_model
 from dsvl_jax.config import load_experiment
-from dsvl_jax.data import builders, pipeline, records, shards, tokenizer
+from dsvl_jax.data import pipeline, records
 from dsvl_jax.errors import ConfigError, Preempted
 from dsvl_jax.model.params import flatten
 from dsvl_jax.train.logger import read_metrics
@@ -39,14 +39,7 @@ CLI_OVERRIDES = [
 
 @pytest.fixture(scope="module")
 def data_root(tmp_path_factory):
-    root = tmp_path_factory.mktemp("data")
-    dirs = builders.generate_corpus(records.KINDS, str(root), n=16, seed=0, image_size=64)
-    builders.generate_corpus(
-        ("chart",), str(root / "dsvl_chart" / "heldout"), n=8, seed=1, image_size=64
-    )
-    ex = [shards.open_source(d)[i] for d in dirs.values() for i in range(16)]
-    tokenizer.train_on_examples(ex, 400, out=str(root / "tokenizer.model"))
-    return str(root)
+    return commands.tiny_corpus(tmp_path_factory.mktemp("data"), heldout_chart=True)
 
 
 def _cfg(data_root, stage=2, steps=8, **train):

@@ -21,7 +21,6 @@ from dsvl_jax.checkpoints.run import (
     verify_step,
 )
 from dsvl_jax.config import load_experiment
-from dsvl_jax.data import builders, records, shards, tokenizer
 from dsvl_jax.errors import CheckpointError, ConfigError
 from dsvl_jax.model.config import model_config_from_dict
 from dsvl_jax.parallel.mesh import build_mesh
@@ -50,11 +49,7 @@ FLAGS = [
 
 @pytest.fixture(scope="module")
 def data_root(tmp_path_factory):
-    root = tmp_path_factory.mktemp("data")
-    dirs = builders.generate_corpus(records.KINDS, str(root), n=16, seed=0, image_size=64)
-    ex = [shards.open_source(d)[i] for d in dirs.values() for i in range(16)]
-    tokenizer.train_on_examples(ex, 400, out=str(root / "tokenizer.model"))
-    return str(root)
+    return commands.tiny_corpus(tmp_path_factory.mktemp("data"))
 
 
 def _cfg(data_root, **train):

@@ -16,10 +16,11 @@ import time
 import pytest
 
 from dsvl_jax.checkpoints.run import saved_steps
-from dsvl_jax.data import builders, records, shards, tokenizer
 from dsvl_jax.train import workdir_lock
 from dsvl_jax.train.logger import read_metrics
 from dsvl_jax.train.workdir_lock import LOCK_FILE, WorkdirLocked
+
+import commands
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 FLAGS = [
@@ -38,11 +39,7 @@ FLAGS = [
 
 @pytest.fixture(scope="module")
 def data_root(tmp_path_factory):
-    root = tmp_path_factory.mktemp("data")
-    dirs = builders.generate_corpus(records.KINDS, str(root), n=16, seed=0, image_size=64)
-    ex = [shards.open_source(d)[i] for d in dirs.values() for i in range(16)]
-    tokenizer.train_on_examples(ex, 400, out=str(root / "tokenizer.model"))
-    return str(root)
+    return commands.tiny_corpus(tmp_path_factory.mktemp("data"))
 
 
 def _cmd(data_root, work, *extra):
