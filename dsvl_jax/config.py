@@ -63,6 +63,13 @@ def train_defaults() -> ml_collections.ConfigDict:
     t.loss_chunk = 0
     t.seed = 0
     t.max_bad_steps = 5  # this many non-finite steps in a row stop the run (each one is skipped)
+    # loss-spike rollback (train/spikes.py), off at 0: after spike_patience steps in a row whose loss
+    # exceeds spike_factor x the mean of the last spike_window accepted losses, the run goes back to the
+    # checkpoint before the spike and skips the batches since; more than spike_max_rollbacks: it stops
+    t.spike_patience = 0
+    t.spike_factor = 2.0
+    t.spike_window = 100
+    t.spike_max_rollbacks = 3
     # 0 = look up the device kind (train/metrics.py) or measure on CPU
     t.peak_flops_per_device = 0.0
     return t

@@ -21,7 +21,8 @@ first: manifest (every file present, same size, same digest, finite: true), then
 config check below), then the state and iterator through orbax, then finiteness of what was restored.
 ANY failure, an orbax / tensorstore exception included, moves the step folder aside to
 `checkpoints/quarantine/<step>.bad-<reason>` (reason: missing, size, digest, manifest, not-finite,
-restore-error; `why.txt` inside says more), logs one line and tries the next older step: a bad step is
+restore-error; spike: written during a loss spike the run rolled back from, `restore_before`; `why.txt`
+inside says more), logs one line and tries the next older step: a bad step is
 never deleted and never counted as a saved step again. If none is left, one CheckpointError names every
 step and why (a rerun then stops with the same error instead of quietly starting over).
 A step without a manifest (written before manifests existed, or a run killed before its last save's
@@ -172,7 +173,7 @@ class RunCheckpoints:
                     return  # another process writes it / the save failed (orbax dropped the step)
                 write_manifest(os.path.join(self.directory, str(step)), step, finite=True)
             except Exception as e:  # noqa: BLE001 - the step then restores unverified
-                log.warning("checkpoint step %d: no manifest written (%s)", step, _short(e))
+                log.warning("checkpoint step %d: no manifest written (%s)", step, short_error(e))
 
         self._manifests = threading.Thread(target=work, name=f"manifest-{step}", daemon=True)
         self._manifests.start()
@@ -202,7 +203,7 @@ class RunCheckpoints:
             try:
                 saved_meta = self._restore_meta(step)
             except Exception as e:  # noqa: BLE001 - any failure to read is a bad checkpoint
-                why = ("restore-error", f"meta: {_short(e)}")
+                why = ("restore-error", f"meta: {short_error(e)}")
             if _anywhere(why is not None):
                 bad.append(self._move_aside(step, why or ("other", "found bad on another process")))
                 continue
@@ -216,7 +217,7 @@ class RunCheckpoints:
             except Exception as e:  # orbax / tensorstore errors of a damaged step
                 if isinstance(e, MemoryError) or "RESOURCE_EXHAUSTED" in str(e):
                     raise  # the host or device, not the checkpoint
-                why = ("restore-error", _short(e))
+                why = ("restore-error", short_error(e))
             if _anywhere(why is not None):
                 bad.append(self._move_aside(step, why or ("other", "found bad on another process")))
                 continue
@@ -241,6 +242,23 @@ class RunCheckpoints:
                 "run's checkpoints/ away or use another --workdir"
             )
         return None
+
+    def restore_before(
+        self, step: int, abstract_state: Any, *, accept: str = ""
+    ) -> Restored | None:
+        """A loss-spike rollback (train/spikes.py) to before `step`, the spike's first step: the steps
+        at or after it (written on a signal while the spike was building) are moved aside as
+        bad-spike, then the newest good earlier step is restored like `restore_latest` does, its state
+        only (the live data iterator goes on: the batches in between are skipped). None: no step
+        before `step` (nothing is moved then)."""
+        self.wait()
+        steps = sorted(self.all_steps(), reverse=True)
+        if not any(s < step for s in steps):
+            return None
+        for s in steps:
+            if s >= step:
+                self._move_aside(s, ("spike", f"written during the loss spike from step {step}"))
+        return self.restore_latest(abstract_state, None, accept=accept)
 
     def _restore_meta(self, step: int) -> dict:
         out = self.mngr.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))
@@ -294,7 +312,7 @@ def _anywhere(flag: bool) -> bool:
     return bool(ocp.multihost.global_max([int(flag)])[0])
 
 
-def _short(e: BaseException) -> str:
+def short_error(e: BaseException) -> str:
     """An exception as a short one-line reason (orbax / tensorstore messages run over many lines)."""
     first = (str(e).strip().splitlines() or [""])[0]
     return f"{type(e).__name__}: {first[:200]}"
@@ -348,7 +366,7 @@ def verify_step(step_dir: str) -> tuple[tuple[str, str] | None, bool]:
         files, finite = m["files"], m["finite"]
         expected = {rel: (int(e["size"]), str(e["sha256"])) for rel, e in files.items()}
     except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
-        return ("manifest", f"{MANIFEST} unreadable: {_short(e)}"), False
+        return ("manifest", f"{MANIFEST} unreadable: {short_error(e)}"), False
     if finite is not True:
         return ("not-finite", f"{MANIFEST} records a non-finite state"), False
     for rel, (size, digest) in expected.items():

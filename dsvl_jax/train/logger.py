@@ -13,7 +13,8 @@ metrics.jsonl: a record holding `eval_answers` (a str, or a list of str or of
 
 Resume at step S: metrics.jsonl drops its lines after S first; the TensorBoard writer starts with
 purge_step=S+1 (readers hide the earlier events of steps > S: no step shows twice); wandb resumes the
-same run (id in DIR/wandb_run_id) and ignores the steps it already has.
+same run (id in DIR/wandb_run_id) and ignores the steps it already has. A loss-spike rollback to step S
+(`rewind`) does the same in the middle of a run: the spike's own records stay in DIR/rollbacks.jsonl.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ import json
 import logging
 import math
 import os
+import threading
 import uuid
 from collections.abc import Mapping
 
@@ -54,6 +56,7 @@ TAGS = (
     ("grad_norm", "train/grad_norm"),
     ("z_loss", "train/z_loss"),
     ("skipped_steps", "train/skipped_steps"),
+    ("rollbacks", "train/rollbacks"),  # loss-spike rollbacks so far (train/spikes.py)
     ("eval_loss/*", "eval/loss_source/*"),
     ("eval_*", "eval/*"),  # loss, accuracy, chance, accuracy_swapped_images, qa_items, answers
     ("row_fill", "data/row_fill"),
@@ -79,6 +82,7 @@ HPARAM_METRICS = (
 )
 
 
+ABANDON_FLUSH_S = 5.0
 DISK_FULL = (errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC))
 
 
@@ -181,6 +185,7 @@ class MetricsLogger:
         self.workdir = workdir
         self.path = os.path.join(workdir, METRICS_FILE)
         self._start = start_step
+        self._tb_files = 0  # event files this process opened (one more after each rewind)
         self._tb = self._bar = self._wandb = None
         self._tb_dir = os.path.join(workdir, TENSORBOARD_DIR) if tensorboard else ""
         if not enabled:
@@ -257,14 +262,32 @@ class MetricsLogger:
                 purge_step=None if fresh else self._start + 1,
                 flush_secs=30,
                 # names sort by creation second, then this: a resume's file reads after the old one
-                filename_suffix=f".{self._start:010d}.{os.getpid()}",
+                filename_suffix=f".{self._start:010d}.{os.getpid()}.{self._tb_files}",
             )
+            self._tb_files += 1
             if fresh and self._config:
                 flat = flatten_config(self._config)
                 compat.tensorboardx_hparams(self._tb, flat, list(HPARAM_METRICS), self._start)
                 table = markdown_table(["field", "value"], list(flat.items()))
                 self._tb.add_text("config", table, self._start)
         return self._tb
+
+    def rewind(self, step: int) -> None:
+        """The run went back to `step` (a loss-spike rollback): records after it are dropped from
+        metrics.jsonl and, through a new event file with purge_step=step+1, hidden in TensorBoard."""
+        if not self.enabled:
+            return
+        try:
+            self._f.close()
+            truncate_after(self.path, step)
+            self._f = open(self.path, "a")  # noqa: SIM115 - closed in close()
+            if self._tb is not None:
+                self._tb.close()
+        except OSError as e:
+            raise self._abandon(self.path, e) from None
+        self._tb, self._start = None, step
+        if self._bar is not None:
+            self._bar.n = step
 
     def _wandb_texts(self, texts: dict) -> dict:
         import wandb
@@ -295,10 +318,15 @@ class MetricsLogger:
         """After a failed write: stop logging (later calls are no-ops, close() has nothing left to
         flush) and return the error to raise. The TensorBoard writer is dropped, not closed: its
         close() would flush to the same full disk, and waits on a writer thread that may have died of
-        it. The loop's own error handling (checkpoint saves) runs on unhindered."""
+        it (a flush is tried for at most ABANDON_FLUSH_S). The loop's own error handling (checkpoint
+        saves) runs on unhindered."""
         self.enabled = False
         with contextlib.suppress(OSError):
             self._f.close()
+        if self._tb is not None:  # what it still queues, if the disk takes it (a bounded wait)
+            flush = threading.Thread(target=self._tb.flush, name="tensorboard-flush", daemon=True)
+            flush.start()
+            flush.join(timeout=ABANDON_FLUSH_S)
         self._tb = None
         if self._bar is not None:
             self._bar.disable = True

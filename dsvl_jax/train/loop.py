@@ -7,7 +7,10 @@ Start-up order: resume the latest checkpoint in `workdir` (state + data iterator
 (any model folder: a previous stage's run dir, a params checkpoint, an HF folder; fresh optimizer
 state) > random init. The host loop only feeds batches; metrics are read one step late
 (train/tracker.py), so the host never waits on the device, and the input pipeline runs ahead in
-grain threads (data_wait_fraction shows when it does not). A run of non-finite steps stops the run.
+grain threads (data_wait_fraction shows when it does not). A run of non-finite steps stops the run;
+with train.spike_patience > 0 a loss spike rolls the run back to the checkpoint before it and skips the
+batches that led to it (train/spikes.py; each rollback is a line of WORKDIR/rollbacks.jsonl). A full disk
+under the logs ends the run with one line after an attempt to save the step it reached.
 
 One run per workdir: process 0 holds WORKDIR/run.lock for the whole run (train/workdir_lock.py).
 SIGTERM / SIGINT at every phase (`_Interrupts`): during set-up and the first compile the run exits at
@@ -34,7 +37,7 @@ from typing import Any
 import jax
 
 from dsvl_jax.checkpoints import FINAL_DIR, ModelSource, RunCheckpoints, open_model, save_params
-from dsvl_jax.checkpoints.run import QUARANTINE_DIR, record_config_changes, saved_steps
+from dsvl_jax.checkpoints.run import QUARANTINE_DIR, record_config_changes, saved_steps, short_error
 from dsvl_jax.checkpoints.sources import RUN_CONFIG, STEPS_DIR
 from dsvl_jax.checkpoints.talk import TALK_DIR, write_talk
 from dsvl_jax.data import pipeline
@@ -46,9 +49,9 @@ from dsvl_jax.parallel.mesh import build_mesh
 from dsvl_jax.parallel.rules import rules_from_config
 from dsvl_jax.parallel.sharding import batch_shards, shard_host_batch
 from dsvl_jax.train import metrics as M
-from dsvl_jax.train import workdir_lock
+from dsvl_jax.train import spikes, workdir_lock
 from dsvl_jax.train.evaluate import Evaluator
-from dsvl_jax.train.logger import MetricsLogger
+from dsvl_jax.train.logger import LogWriteError, MetricsLogger
 from dsvl_jax.train.optim import trainable_paths
 from dsvl_jax.train.state import StateFactory, TrainState
 from dsvl_jax.train.step import CompiledStep, check_lr
@@ -86,6 +89,7 @@ def validate(cfg) -> ModelConfig:
     if t.steps <= 0:
         raise ConfigError(f"train.steps={t.steps} must be > 0")
     check_lr(t)  # a non-finite or absurd learning rate is refused before anything compiles
+    spikes.check_config(t)
     if not cfg.data.sources:
         raise ConfigError("data.sources is empty: nothing to train on")
     return mcfg
@@ -140,9 +144,7 @@ def setup(cfg, workdir: str, held: contextlib.ExitStack) -> Run:
         if "config_changes" in meta:
             record_config_changes(workdir, **meta["config_changes"])
     start = int(meta.get("loop_step", 0))
-    tracker = _tracker(
-        cfg, mcfg, workdir, main, start, int(meta.get("skipped_steps", 0)), data_iter
-    )
+    tracker = _tracker(cfg, mcfg, workdir, main, start, meta, data_iter)
     return Run(
         cfg,
         mcfg,
@@ -194,10 +196,11 @@ def _initial_state(cfg, mcfg, factory, ckpts, data_iter, init) -> tuple[TrainSta
     return state, {}
 
 
-def _tracker(
-    cfg, mcfg, workdir: str, main: bool, start: int, skipped: int, data_iter
-) -> StepTracker:
+def _tracker(cfg, mcfg, workdir: str, main: bool, start: int, meta: dict, data_iter) -> StepTracker:
+    """The step tracker with its logger; its skip count and spike guard as the checkpoint left them."""
     t = cfg.train
+    guard = spikes.SpikeGuard.from_config(t)
+    guard.load(meta.get("spike", {}))
     logger = MetricsLogger(
         workdir,
         total_steps=t.steps,
@@ -214,7 +217,8 @@ def _tracker(
         max_bad_steps=t.max_bad_steps,
         flops_per_step=flops,
         peak_flops=peak,
-        skipped_total=skipped,
+        skipped_total=int(meta.get("skipped_steps", 0)),
+        spikes=guard,
         sources=pipeline.source_labels(cfg.data),
         data_stats=lambda: pipeline.iterator_stats(data_iter),
     )
@@ -371,8 +375,10 @@ class _Interrupts:
 
 def run_loop(run: Run, sig: _Interrupts) -> int:
     """Steps from run.start to train.steps; -> the last step reached. Checkpoints every
-    checkpoint.every_steps, at the end, and on SIGTERM / SIGINT once the first step has compiled (then
-    raises Preempted / Interrupted; before that the signal ends the run at once: `_Interrupts`)."""
+    checkpoint.every_steps (deferred while a loss spike is under watch), at the end, and on SIGTERM /
+    SIGINT once the first step has compiled (then raises Preempted / Interrupted; before that the
+    signal ends the run at once: `_Interrupts`). A spike the guard calls rolls the loop back
+    (`_roll_back`); a full disk under the logs ends it after an attempt to save (`_saved_after`)."""
     cfg, f, tr = run.cfg, run.factory, run.tracker
     end, step = cfg.train.steps, run.start
 
@@ -381,32 +387,124 @@ def run_loop(run: Run, sig: _Interrupts) -> int:
             "loop_step": step,
             "skipped_steps": tr.skipped_total,
             "data": pipeline.iterator_stats(run.data_iter),
+            "spike": tr.spikes.state(),
         }
         run.ckpts.save(step, run.state, run.data_iter, meta, force=force)
 
     if step < end:
         log.info("compiling the train step (step %d)", step + 1)
-    while step < end:
-        t0 = time.perf_counter()
-        batch = next(run.data_iter)
-        data_s = time.perf_counter() - t0
-        counts = batch_counts(batch, run.mcfg.image_token_id, run.mcfg.num_image_tokens)
-        run.state, metrics = run.step_fn(run.state, shard_host_batch(batch, f.mesh, f.rules))
-        sig.phase = TRAINING  # compiled: from now on a signal stops the run with a checkpoint
-        step += 1
-        tr.dispatched(step, metrics, data_s, counts)
-        if run.evaluator is not None and step % cfg.eval.every_steps == 0:
-            tr.record({"step": step, **run.evaluator.run(run.state.params)})
-        if step % cfg.checkpoint.every_steps == 0 or step == end or sig.hit:
-            # the checkpoint's counters include this step
-            tr.settle(force=step == end or bool(sig.hit))
-            save(force=bool(sig.hit))
-        if (
-            sig.hit and step < end
-        ):  # at the last step the run goes on to final/ (train raises after)
-            raise sig.stopped(step, run.ckpts.directory)
-    tr.settle(force=True)
+    try:
+        while step < end:
+            t0 = time.perf_counter()
+            batch = next(run.data_iter)
+            data_s = time.perf_counter() - t0
+            counts = batch_counts(batch, run.mcfg.image_token_id, run.mcfg.num_image_tokens)
+            run.state, metrics = run.step_fn(run.state, shard_host_batch(batch, f.mesh, f.rules))
+            sig.phase = TRAINING  # compiled: from now on a signal stops the run with a checkpoint
+            step += 1
+            tr.dispatched(step, metrics, data_s, counts)
+            if tr.spike is not None:
+                step = _roll_back(run, step)
+                continue
+            if run.evaluator is not None and step % cfg.eval.every_steps == 0:
+                tr.record({"step": step, **run.evaluator.run(run.state.params)})
+            if step % cfg.checkpoint.every_steps == 0 or step == end or sig.hit:
+                # the checkpoint's counters include this step
+                tr.settle(force=step == end or bool(sig.hit))
+                if tr.spike is not None:
+                    step = _roll_back(run, step)
+                    continue
+                if tr.spikes.suspect and step < end and not sig.hit:
+                    log.warning(
+                        "step %d: checkpoint deferred, the loss is above its running mean since "
+                        "step %d",
+                        step,
+                        tr.spikes.streak[0][0],
+                    )
+                else:
+                    save(force=bool(sig.hit))
+            if (
+                sig.hit and step < end
+            ):  # at the last step the run goes on to final/ (train raises after)
+                raise sig.stopped(step, run.ckpts.directory)
+        tr.settle(force=True)
+    except LogWriteError as e:
+        raise _saved_after(e, save, step, run.ckpts) from None
     return step
+
+
+ROLLBACKS = "rollbacks.jsonl"
+
+
+def _roll_back(run: Run, step: int) -> int:
+    """The spike guard called a rollback at `step` (train/spikes.py): restore the newest good checkpoint
+    before the spike's first step, keep the data iterator where it is (the batches in between are
+    skipped), log one line and a line of rollbacks.jsonl; -> the step the loop goes on from. With no
+    checkpoint before the spike the run goes on where it is (the spike's losses become the guard's new
+    normal)."""
+    tr = run.tracker
+    spike, guard = tr.spike, tr.spikes
+    accept = run.cfg.get("resume_overrides", "")
+    got = run.ckpts.restore_before(spike.first, run.factory.abstract_sharded(), accept=accept)
+    where = (
+        f"loss spike at steps {spike.first}-{spike.last} (losses "
+        + ", ".join(f"{x:.4g}" for x in spike.losses)
+        + f" > {guard.factor:g} x the running mean {spike.mean:.4g})"
+    )
+    if got is None:
+        log.warning(
+            "%s: no checkpoint before step %d to roll back to; going on", where, spike.first
+        )
+        guard.forgive()
+        tr.spike = None
+        return step
+    guard.rolled_back(got.meta.get("spike"))  # SpikeError past train.spike_max_rollbacks
+    run.state = got.state
+    tr.skipped_total = int(got.meta.get("skipped_steps", 0))
+    skipped = step - got.step
+    log.warning(
+        "%s: rolled back to step %d, skipping the %d batches after it (rollback %d of at most %d)",
+        where,
+        got.step,
+        skipped,
+        guard.rollbacks,
+        guard.max_rollbacks,
+    )
+    if run.main:
+        rec = dict(
+            at_step=step,
+            spike_steps=[spike.first, spike.last],
+            losses=list(spike.losses),
+            running_mean=spike.mean,
+            to_step=got.step,
+            skipped_batches=skipped,
+            rollback=guard.rollbacks,
+        )
+        with open(os.path.join(run.workdir, ROLLBACKS), "a") as fh:
+            fh.write(json.dumps(rec) + "\n")
+    tr.rewind(got.step)
+    return got.step
+
+
+def _saved_after(e: LogWriteError, save: Callable[[bool], None], step: int, ckpts) -> LogWriteError:
+    """The run's records could not be written (disk full): try to save the step reached, since the
+    checkpoints may live on another file system or fit where a log line did not; -> the error to
+    raise, saying whether that worked and where a rerun resumes."""
+    if step in ckpts.all_steps():
+        return LogWriteError(f"{e} (step {step} is saved)")
+    try:
+        save(True)
+        ckpts.wait()
+        if step in ckpts.all_steps():
+            return LogWriteError(f"{e} (step {step} was saved before stopping)")
+        why = "the checkpoint manager did not keep it"
+    except Exception as se:  # noqa: BLE001 - the original error is the one to report
+        why = short_error(se)
+    latest = ckpts.latest_step()
+    resumes = f"step {latest}" if latest is not None else "the start (no checkpoint was saved)"
+    return LogWriteError(
+        f"{e} (saving step {step} failed too: {why}; a rerun resumes from {resumes})"
+    )
 
 
 def finish(run: Run, step: int) -> str:

@@ -12,6 +12,9 @@ Losses in a record are means over the steps since the previous record, weighted 
 (`loss_text`, `loss_multimodal`) and per source (`loss/<name>`): the modality competition of
 stage 2 shows as these curves moving apart. The data counters (`samples_*`, `text_chunks`) are the
 input pipeline's totals so far.
+
+Each applied step's loss also goes to the loss-spike guard (train/spikes.py, when enabled): `spike` is
+set once it calls for a rollback, which the loop carries out and reports back with `rewind`.
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ import numpy as np
 from dsvl_jax.errors import Error
 from dsvl_jax.train import metrics as M
 from dsvl_jax.train.logger import TEXT_KEYS, MetricsLogger
+from dsvl_jax.train.spikes import Spike, SpikeGuard
 
 log = logging.getLogger(__name__)
 
@@ -96,8 +100,12 @@ class StepTracker:
     sources: Sequence[tuple[str, str]] = ()
     # the input pipeline's per-source counters (pipeline.iterator_stats), read when a record is written
     data_stats: Callable[[], dict] | None = None
+    # the loss-spike guard (train/spikes.py); its state is restored from the checkpoint's meta
+    spikes: SpikeGuard = dataclasses.field(default_factory=lambda: SpikeGuard(2.0, 0, 1, 0))
     # the latest logged values (the run's result)
     last: dict = dataclasses.field(default_factory=dict)
+    # set by settle when the spike guard calls for a rollback; cleared by rewind
+    spike: Spike | None = dataclasses.field(default=None, init=False)
     _bad_run: int = dataclasses.field(default=0, init=False)
     _pending: tuple[int, dict] | None = dataclasses.field(default=None, init=False)
     _window: _Window = dataclasses.field(default_factory=_Window, init=False)
@@ -131,6 +139,7 @@ class StepTracker:
         self._count_skip(step, m)
         w = self._window
         if not m["skipped"] and np.isfinite(m["loss"]):
+            self.spike = self.spikes.observe(step, m["loss"]) or self.spike
             w.ce += m["loss"] * m["tokens"]
             w.loss_tokens += m["tokens"]
             if "source_ce" in host:
@@ -142,6 +151,14 @@ class StepTracker:
                 w.source_tokens = tok if w.source_tokens is None else w.source_tokens + tok
         if force or step % self.log_every == 0:
             self._write(step, m)
+
+    def rewind(self, step: int) -> None:
+        """The loop rolled back to `step`: the step in flight and the interval so far are dropped,
+        the log goes back to `step` (MetricsLogger.rewind), and a record notes the rollback."""
+        self._pending, self.spike, self._bad_run = None, None, 0
+        self._window, self._tick = _Window(), time.perf_counter()
+        self.logger.rewind(step)
+        self.record({"step": step, "rollbacks": self.spikes.rollbacks})
 
     def record(self, values: dict) -> None:
         """A record computed outside the step (eval): written as is and kept in `last`."""
@@ -187,6 +204,7 @@ class StepTracker:
             "z_loss": m["z_loss"],
             "loss_tokens": int(m["tokens"]) if np.isfinite(m["tokens"]) else 0,
             "skipped_steps": self.skipped_total,
+            **({"rollbacks": self.spikes.rollbacks} if self.spikes.enabled else {}),
             "step_s": step_s,
             "tokens_per_s": (w.text_tokens + w.image_tokens) / wall,
             "text_tokens_per_s": w.text_tokens / wall,
