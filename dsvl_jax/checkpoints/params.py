@@ -17,7 +17,7 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
-from dsvl_jax import compat
+from dsvl_jax import compat, jsonfile
 from dsvl_jax.errors import CheckpointError, CheckpointMismatch
 from dsvl_jax.model.config import ModelConfig, model_config_from_dict
 from dsvl_jax.model.params import Params, abstract_params, flatten
@@ -43,8 +43,7 @@ def read_model_config(path: str) -> ModelConfig:
     f = os.path.join(path, CONFIG_FILE)
     if not os.path.exists(f):
         raise CheckpointError(f"{path}: not a dsvl_jax params checkpoint (no {CONFIG_FILE})")
-    with open(f) as fh:
-        return model_config_from_dict(json.load(fh))
+    return model_config_from_dict(jsonfile.read(f, CheckpointError, dict))
 
 
 def shapes(tree) -> dict[str, tuple[int, ...]]:

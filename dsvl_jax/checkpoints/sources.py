@@ -16,12 +16,12 @@ places the arrays with `shardings` (a tree like the params), else on the first d
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 
 import jax
 import numpy as np
 
+from dsvl_jax import jsonfile
 from dsvl_jax.checkpoints import params as P
 from dsvl_jax.checkpoints import run as R
 from dsvl_jax.checkpoints.talk import TALK_DIR, read_talk
@@ -110,8 +110,7 @@ def open_model(path: str | os.PathLike) -> ModelSource:
         tok, system = _run_talk(path, conf)
         return ModelSource("run", step_dir, _model_config(conf), tok, "step", system)
     if os.path.isfile(os.path.join(path, "config.json")):
-        with open(os.path.join(path, "config.json")) as f:
-            conf = json.load(f)
+        conf = jsonfile.read(os.path.join(path, "config.json"), CheckpointError, dict)
         if "train" in conf and "model" in conf:  # a run's config.json: the run saved nothing yet
             raise CheckpointError(
                 f"{path}: a run folder with neither {FINAL_DIR}/ nor a saved step yet"
@@ -136,8 +135,7 @@ def load_model(path: str | os.PathLike, **overrides) -> tuple[ModelConfig, Param
 def _run_config(run: str) -> dict:
     """A run's config.json, with the file it came from (for error messages) under "__file__"."""
     path = os.path.join(run, RUN_CONFIG)
-    with open(path) as f:
-        return {**json.load(f), "__file__": path}
+    return {**jsonfile.read(path, CheckpointError, dict), "__file__": path}
 
 
 def _model_config(conf: dict) -> ModelConfig:

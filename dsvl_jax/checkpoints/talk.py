@@ -15,8 +15,10 @@ import json
 import os
 import shutil
 
+from dsvl_jax import jsonfile
 from dsvl_jax.data.template import system_prompt
 from dsvl_jax.data.tokenizer import HF_SIDE_FILES
+from dsvl_jax.errors import CheckpointError
 
 TALK_FILE = "talk.json"
 TALK_DIR = "talk"  # under a run dir
@@ -64,8 +66,7 @@ def read_talk(folder: str) -> Talk | None:
     path = os.path.join(folder, TALK_FILE)
     if not os.path.isfile(path):
         return None
-    with open(path, encoding="utf-8") as f:
-        d = json.load(f)
+    d = jsonfile.read(path, CheckpointError, dict)
     tok = d.get("tokenizer")
     tok = os.path.join(folder, tok) if tok and os.path.exists(os.path.join(folder, tok)) else None
     return Talk(d.get("template", TEMPLATE), d.get("system_prompt", ""), tok)

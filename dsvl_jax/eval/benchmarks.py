@@ -46,12 +46,12 @@ from __future__ import annotations
 import ast
 import dataclasses
 import functools
-import json
 import re
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
+from dsvl_jax import jsonfile
 from dsvl_jax.data.records import IMAGE_TAG
 from dsvl_jax.eval.items import (
     LETTERS,
@@ -157,10 +157,7 @@ def _root(images: str | None, base: Path, *subdirs: str) -> Path:
 
 
 def _load_json(path: Path) -> Any:
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as e:
-        raise ValueError(f"{path}: invalid JSON ({e})") from None
+    return jsonfile.read(path, ValueError)
 
 
 def _json_list(path: Path, data: Any, key: str, what: str) -> Iterator[tuple[str, str, Any]]:

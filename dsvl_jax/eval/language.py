@@ -49,6 +49,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from dsvl_jax import jsonfile
 from dsvl_jax.eval.items import LETTERS, EvalItem, EvalSet, ItemError, Skipped
 from dsvl_jax.eval.metrics import Metric, accuracy, record
 from dsvl_jax.eval.scoring import mean
@@ -106,6 +107,8 @@ def _records(path: Path, base: Path) -> Iterator[tuple[str, str, Any, ItemError 
                 yield f"{path}:{n}", f"{stem}:{n}", json.loads(line), None
             except json.JSONDecodeError as e:
                 yield f"{path}:{n}", f"{stem}:{n}", None, ItemError("bad_json", str(e))
+            except RecursionError:  # one bad line, not a dead benchmark file
+                yield f"{path}:{n}", f"{stem}:{n}", None, ItemError("bad_json", jsonfile.TOO_DEEP)
 
 
 def _load(
@@ -360,8 +363,9 @@ def score_loglik(item: EvalItem, prediction: str) -> dict:
     if text.startswith("{"):
         try:
             values = json.loads(text)
-        except json.JSONDecodeError:
+        except (json.JSONDecodeError, RecursionError):
             values = {}
+        values = values if isinstance(values, dict) else {}
     loglik, norm = values.get("loglik"), values.get("loglik_norm")
     choice = values.get("choice") if values else text.upper()
     if choice not in letters:

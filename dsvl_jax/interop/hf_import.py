@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import json
 import logging
 import os
 from collections.abc import Callable
@@ -24,6 +23,7 @@ import jax.numpy as jnp
 import numpy as np
 from safetensors import SafetensorError, safe_open
 
+from dsvl_jax import jsonfile
 from dsvl_jax.errors import CheckpointError, CheckpointMismatch
 from dsvl_jax.interop import hf_names, hf_release
 from dsvl_jax.interop.hf_config import from_hf
@@ -71,13 +71,7 @@ PICKLE_INDEX = "pytorch_model.bin.index.json"
 
 def read_json(path: str) -> Any:
     """A JSON file, or CheckpointError naming it (invalid, or nested too deeply to parse)."""
-    try:
-        with open(path, encoding="utf-8") as f:
-            return json.load(f)
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise CheckpointError(f"{path}: not valid JSON ({e})") from None
-    except RecursionError:
-        raise CheckpointError(f"{path}: JSON nested too deeply to be a config") from None
+    return jsonfile.read(path, CheckpointError)
 
 
 def _safetensors_files(folder: str) -> list[str]:

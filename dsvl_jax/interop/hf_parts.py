@@ -14,13 +14,13 @@ SAM's neck_hd, the downsample convs, alpha: `FRESH`) is initialised by the calle
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 import re
 from typing import Any
 
 import numpy as np
 
+from dsvl_jax import jsonfile
 from dsvl_jax.errors import CheckpointError
 from dsvl_jax.interop.hf_config import HYBRID, PLAIN
 
@@ -87,8 +87,7 @@ def read_part(role: str, folder: str) -> Part:
         raise CheckpointError(
             f"--{role} {folder}: no config.json (expected a save_pretrained folder)"
         )
-    with open(path) as f:
-        conf = json.load(f)
+    conf = jsonfile.read(path, CheckpointError, dict)
     mt = conf.get("model_type")
     kinds = PART_TYPES[role]
     if mt not in kinds:

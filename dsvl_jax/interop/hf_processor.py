@@ -41,7 +41,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from dsvl_jax import compat
+from dsvl_jax import compat, jsonfile
 from dsvl_jax.data.preprocess import image_spec
 from dsvl_jax.data.template import DEFAULT_SYSTEM_PROMPT
 from dsvl_jax.data.tokenizer import (
@@ -272,10 +272,7 @@ def _check(cfg: ModelConfig, tok: Tokenizer) -> None:
 def _read_json(path: Path) -> dict:
     if not path.is_file():
         return {}
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as e:
-        raise TokenizerError(f"{path}: invalid JSON ({e})") from None
+    return jsonfile.read(path, TokenizerError, dict)
 
 
 def _tokenizer_files(tok: Tokenizer) -> tuple[str, dict, dict[str, str]]:

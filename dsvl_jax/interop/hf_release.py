@@ -11,13 +11,13 @@ Sizes the config leaves out are read from the tensor shapes where they can be an
 
 from __future__ import annotations
 
-import json
 import os
 import re
 from collections.abc import Mapping
 
 import numpy as np
 
+from dsvl_jax import jsonfile
 from dsvl_jax.errors import CheckpointError
 
 RELEASE_MODEL_TYPE = "multi_modality"
@@ -81,11 +81,9 @@ def image_token_id(folder: str) -> int:
     path = os.path.join(folder, "tokenizer.json")
     if not os.path.isfile(path):
         return IMAGE_TOKEN_ID
-    try:
-        with open(path, encoding="utf-8") as f:
-            added = json.load(f).get("added_tokens") or []
-    except (OSError, ValueError) as e:
-        raise CheckpointError(f"{path}: not a readable tokenizer.json ({e})") from e
+    added = jsonfile.read(path, CheckpointError, dict).get("added_tokens") or []
+    if not isinstance(added, list):
+        raise CheckpointError(f"{path}: added_tokens is not a list")
     ids = [t.get("id") for t in added if isinstance(t, dict) and t.get("content") == IMAGE_TOKEN]
     return int(ids[0]) if ids and ids[0] is not None else IMAGE_TOKEN_ID
 

@@ -205,6 +205,83 @@ def test_a_deeply_nested_config_json_is_one_error(tmp_path):
         read_config(str(tmp_path))
 
 
+def _deep_files(tmp_path):
+    """name -> (file to poison, the call that reads it, the error kind): every JSON file a model folder,
+    run, part or benchmark brings."""
+    from dsvl_jax.checkpoints import open_model
+    from dsvl_jax.checkpoints.params import read_model_config
+    from dsvl_jax.checkpoints.talk import read_talk
+    from dsvl_jax.eval.benchmarks import load_seed
+    from dsvl_jax.interop.hf_parts import read_part
+    from dsvl_jax.interop.hf_release import image_token_id
+
+    run = tmp_path / "run"
+    return {
+        "params model_config.json": (
+            tmp_path / "model_config.json",
+            lambda: read_model_config(str(tmp_path)),
+            CheckpointError,
+        ),
+        "run config.json": (run / "config.json", lambda: open_model(str(run)), CheckpointError),
+        "HF config.json": (
+            tmp_path / "config.json",
+            lambda: open_model(str(tmp_path)),
+            CheckpointError,
+        ),
+        "talk.json": (tmp_path / "talk.json", lambda: read_talk(str(tmp_path)), CheckpointError),
+        "part config.json": (
+            tmp_path / "config.json",
+            lambda: read_part("llm", str(tmp_path)),
+            CheckpointError,
+        ),
+        "tokenizer.json": (
+            tmp_path / "tokenizer.json",
+            lambda: image_token_id(str(tmp_path)),
+            CheckpointError,
+        ),
+        "SEED-Bench.json": (
+            tmp_path / "SEED-Bench.json",
+            lambda: load_seed(str(tmp_path)),
+            ValueError,
+        ),
+    }
+
+
+@pytest.mark.parametrize(
+    "which",
+    [
+        "params model_config.json",
+        "run config.json",
+        "HF config.json",
+        "talk.json",
+        "part config.json",
+        "tokenizer.json",
+        "SEED-Bench.json",
+    ],
+)
+def test_every_json_file_a_folder_brings_is_one_error_when_nested_too_deeply(tmp_path, which):
+    path, read, kind = _deep_files(tmp_path)[which]
+    path.parent.mkdir(exist_ok=True)
+    if which == "run config.json":
+        (path.parent / "final").mkdir()
+    path.write_text(DEEP)
+    with pytest.raises(kind) as e:
+        read()
+    assert str(e.value) == f"{path}: JSON nested too deeply to parse"
+
+
+def test_a_deeply_nested_language_benchmark_line_is_one_skipped_item(tmp_path):
+    from dsvl_jax.eval.language import load_arc
+
+    good = {"id": "a1", "question": "2+2?", "choices": {"text": ["3", "4"], "label": ["A", "B"]}}
+    (tmp_path / "arc.jsonl").write_text(json.dumps({**good, "answerKey": "B"}) + "\n" + DEEP + "\n")
+    got = load_arc(str(tmp_path / "arc.jsonl"))
+    assert [i.id for i in got.items] == ["a1"]
+    assert [(s.reason, s.detail) for s in got.skipped] == [
+        ("bad_json", "JSON nested too deeply to parse")
+    ]
+
+
 def test_a_deeply_nested_jsonl_line_is_one_bad_record(tmp_path):
     buf = io.BytesIO()
     Image.new("RGB", (8, 8), (200, 10, 10)).save(buf, format="PNG")
