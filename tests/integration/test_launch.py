@@ -1,6 +1,7 @@
 """`python -m dsvl_jax.launch_local`: N local CPU processes joined by jax.distributed run one training."""
 
 import json
+import os
 
 from dsvl_jax.parallel.local_launch import process_env
 
@@ -63,6 +64,40 @@ def test_two_processes_train_tiny_stage1_and_agree(tmp_path):
     assert [r["step"] for r in recs if "loss" in r] == [1, 2, 3]
     assert recs[-1]["loss"] == r0["loss"]
     assert (wd / "final").is_dir() and (tmp_path / "logs" / "proc_1.log").exists()
+
+    # a damaged file of process 1's shard in the latest step: process 0 checks every file against the
+    # manifest, both processes learn the verdict, step 3 is moved aside once and both resume from 2
+    ckpts = wd / "checkpoints"
+    shard = max(
+        (f for f in (ckpts / "3").rglob("*") if "process_1" in str(f) and f.is_file()),
+        key=lambda f: f.stat().st_size,
+    )
+    raw = bytearray(shard.read_bytes())
+    raw[len(raw) // 2] ^= 0x10
+    shard.write_bytes(bytes(raw))
+    p = commands.run(
+        "launch_local",
+        "--procs=2",
+        "--devices_per_proc=2",
+        f"--log_dir={tmp_path / 'logs2'}",
+        "--",
+        "train",
+        "--config=experiments/stage1_aligner.py:tiny",
+        f"--workdir={wd}",
+        f"--config.data_root={data}",
+        "--config.train.steps=4",
+        "--config.log.every_steps=1",
+        "--config.checkpoint.every_steps=2",
+        "--config.resume_overrides=train.steps",
+        timeout=900,
+    )
+    assert p.returncode == 0, p.stdout[-5000:]
+    r0, r1 = json.loads(p.stdout.strip().splitlines()[-1])["results"]
+    assert r0["step"] == r1["step"] == 4 and r0["loss"] == r1["loss"]
+    assert sorted(os.listdir(ckpts / "quarantine")) == ["3.bad-digest"]
+    assert p.stdout.count("checkpoint step 3 is bad (digest") == 1  # process 0 says it, once
+    recs = [json.loads(l) for l in (wd / "metrics.jsonl").read_text().splitlines() if l.strip()]
+    assert [r["step"] for r in recs if "loss" in r] == [1, 2, 3, 4]  # step 3 trained again
 
 
 def test_a_failing_process_stops_the_launch(tmp_path):
