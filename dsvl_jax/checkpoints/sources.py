@@ -16,6 +16,7 @@ places the arrays with `shardings` (a tree like the params), else on the first d
 from __future__ import annotations
 
 import dataclasses
+import logging
 import os
 
 import jax
@@ -38,6 +39,8 @@ FINAL_DIR = "final"
 STEPS_DIR = "checkpoints"  # one folder per saved step
 RUN_CONFIG = "config.json"  # the full run config, as JSON
 KINDS = ("run", "step", "params", "hf")
+
+log = logging.getLogger(__name__)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -84,6 +87,9 @@ def open_model(path: str | os.PathLike) -> ModelSource:
         system = talk.system_prompt if talk else None
         return ModelSource("params", path, P.read_model_config(path), tok, system_prompt=system)
     if R.step_of(path) is not None:
+        why, _ = R.verify_step(path)
+        if why is not None:
+            raise CheckpointError(f"{path}: a damaged step checkpoint ({why[0]}: {why[1]})")
         run = os.path.dirname(os.path.dirname(path))
         conf = _run_config(run)
         tok, system = _run_talk(run, conf)
@@ -106,7 +112,7 @@ def open_model(path: str | os.PathLike) -> ModelSource:
             raise CheckpointError(
                 f"{path}: a run folder with neither {FINAL_DIR}/ nor a saved step yet"
             )
-        step_dir = os.path.join(path, STEPS_DIR, str(steps[-1]))
+        step_dir = _newest_sound_step(os.path.join(path, STEPS_DIR), steps)
         tok, system = _run_talk(path, conf)
         return ModelSource("run", step_dir, _model_config(conf), tok, "step", system)
     if os.path.isfile(os.path.join(path, "config.json")):
@@ -123,6 +129,27 @@ def open_model(path: str | os.PathLike) -> ModelSource:
         f"a step checkpoint, a params checkpoint ({P.CONFIG_FILE} + {P.PARAMS_DIR}/) "
         "or an HF folder (config.json + safetensors)"
     )
+
+
+def _newest_sound_step(steps_dir: str, steps: list[int]) -> str:
+    """The newest step of a run whose files match its manifest (a step the run is still writing the
+    manifest of counts as sound). Damaged ones are passed over with a warning, not moved: a reader
+    never changes a run's folder (the run itself moves them aside when it resumes)."""
+    bad = []
+    for step in reversed(steps):
+        step_dir = os.path.join(steps_dir, str(step))
+        why, _ = R.verify_step(step_dir)
+        if why is None:
+            if bad:
+                log.warning(
+                    "%s: reading step %d (newer steps are damaged: %s)",
+                    steps_dir,
+                    step,
+                    "; ".join(bad),
+                )
+            return step_dir
+        bad.append(f"step {step} ({why[0]}: {why[1]})")
+    raise CheckpointError(f"{steps_dir}: every saved step is damaged: {'; '.join(bad)}")
 
 
 def load_model(path: str | os.PathLike, **overrides) -> tuple[ModelConfig, Params]:

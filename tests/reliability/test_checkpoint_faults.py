@@ -234,3 +234,26 @@ def test_a_changed_config_is_refused_then_accepted_and_recorded(data_root, ref, 
     assert rec["unchecked"] == {"log.every_steps": [1, 3], "resume_overrides": ["", "train.lr"]}
     conf = json.loads((run / "config.json").read_text())
     assert conf["train"]["lr"] == lr * 4 and conf["resume_overrides"] == "train.lr"
+
+
+def test_a_reader_of_a_running_run_passes_over_a_damaged_newest_step(ref, tmp_path, caplog):
+    """chat / evaluate / export of a run still going (no final/ yet) read its newest *sound* step; the
+    damaged one is named and left where it is (a reader never changes a run's folder)."""
+    from dsvl_jax.checkpoints import open_model
+
+    run = _copy(ref, tmp_path)
+    shutil.rmtree(run / "final")
+    _damage(run / "checkpoints" / "6", "flip")
+    caplog.set_level(logging.WARNING)
+    src = open_model(str(run))
+    assert src.path == str(run / "checkpoints" / "4")
+    assert any("newer steps are damaged: step 6 (digest" in r.getMessage() for r in caplog.records)
+    assert sorted(os.listdir(run / "checkpoints")) == ["2", "4", "6"]
+    with pytest.raises(CheckpointError, match=r"checkpoints/6: a damaged step checkpoint \(digest"):
+        open_model(str(run / "checkpoints" / "6"))
+    for s in ("2", "4"):
+        _damage(run / "checkpoints" / s, "delete")
+    with pytest.raises(
+        CheckpointError, match=r"every saved step is damaged: step 6 \(digest.*step 2"
+    ):
+        open_model(str(run))
