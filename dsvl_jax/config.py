@@ -35,6 +35,9 @@ def parallel_defaults() -> ml_collections.ConfigDict:
     p.coordinator_address = ""  # multi-host: "host:port"; empty = auto (TPU) or single process
     p.num_processes = 0
     p.process_id = -1
+    # persistent XLA compilation cache (a folder or gs:// path; parallel/compile_cache.py): a resumed
+    # run or a sweep point loads its step instead of compiling it again; "" = jax's own setting
+    p.compilation_cache_dir = ""
     return p
 
 

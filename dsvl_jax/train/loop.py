@@ -44,7 +44,7 @@ from dsvl_jax.data import pipeline
 from dsvl_jax.errors import SIGNAL_EXIT, CheckpointError, ConfigError, Interrupted, Preempted
 from dsvl_jax.model.config import ModelConfig, architecture_diff, model_config_from_dict
 from dsvl_jax.model.params import abstract_params, flatten
-from dsvl_jax.parallel import distributed
+from dsvl_jax.parallel import compile_cache, distributed
 from dsvl_jax.parallel.mesh import build_mesh
 from dsvl_jax.parallel.rules import rules_from_config
 from dsvl_jax.parallel.sharding import batch_shards, shard_host_batch
@@ -117,6 +117,7 @@ def setup(cfg, workdir: str, held: contextlib.ExitStack) -> Run:
     """Mesh, sharded state (resumed, initialised from init_from, or random), data, logging. Process 0
     takes the workdir's lock first; `held` releases it when the run ends, however it ends."""
     distributed.initialize(cfg.parallel)
+    compile_cache.enable(cfg.parallel.get("compilation_cache_dir", ""))
     mcfg = validate(cfg)
     workdir = os.path.abspath(workdir)
     if jax.process_index() == 0:  # one run per workdir (a second one refuses, naming this one)

@@ -130,7 +130,8 @@ def test_kill_9_then_restart_continues_bit_for_bit_and_sigterm_checkpoints(
 ):
     """kill -9 after the step-3 checkpoint, restart: every loss after the restart equals the uninterrupted
     run's bit for bit (same data order, same state). That restart is then preempted (SIGTERM): it saves a
-    checkpoint at the step it reached and exits 143."""
+    checkpoint at the step it reached and exits 143. Both runs share a compilation cache
+    (parallel.compilation_cache_dir): the restart loads the step the first run compiled."""
     want = ref_run["losses"]
     assert sorted(want) == list(range(1, 11))
     work = tmp_path / "interrupted"
@@ -142,17 +143,22 @@ def test_kill_9_then_restart_continues_bit_for_bit_and_sigterm_checkpoints(
         f"--workdir={work}",
         f"--config.data_root={data_root}",
         "--config.train.steps=10",
+        f"--config.parallel.compilation_cache_dir={tmp_path / 'xla_cache'}",
         *CLI_OVERRIDES,
     ]
     env = dict(os.environ, PYTHONPATH=ROOT)
     rc, out = _run_until(cmd, env, work, 4, signal.SIGKILL)
     assert rc == -signal.SIGKILL, out[-3000:]
+    cached = sorted(f.name for f in (tmp_path / "xla_cache").glob("jit_step-*"))
+    assert len(cached) == 1, cached
     killed_at = max(_losses(work))
     assert killed_at < 10, "the run finished before it was killed"
     rc, out = _run_until(cmd, env, work, 8, signal.SIGTERM)
     assert rc == 143 and "SIGTERM at step" in out, out[-3000:]
     preempted = int(out.split("SIGTERM at step ")[1].split(":")[0])
     assert (work / "checkpoints" / str(preempted)).exists()
+    # the restart's step was a cache hit: no second entry
+    assert sorted(f.name for f in (tmp_path / "xla_cache").glob("jit_step-*")) == cached
     got = _losses(work)
     assert sorted(got) == list(range(1, preempted + 1)) and preempted > killed_at
     for s in range(1, preempted + 1):

@@ -55,13 +55,23 @@ def _cmd(data_root, work, *extra):
     ]
 
 
-def _env():
-    return dict(os.environ, PYTHONPATH=ROOT, JAX_PLATFORMS="cpu")
+def _env(compile_cache: bool = True):
+    """The test's environment; without the suite's compilation cache the first step really compiles
+    (for the tests that signal during that compile)."""
+    env = dict(os.environ, PYTHONPATH=ROOT, JAX_PLATFORMS="cpu")
+    if not compile_cache:
+        env.pop("JAX_COMPILATION_CACHE_DIR", None)
+    return env
 
 
-def _start(cmd):
+def _start(cmd, compile_cache: bool = True):
     return subprocess.Popen(
-        cmd, cwd=ROOT, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+        cmd,
+        cwd=ROOT,
+        env=_env(compile_cache),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
     )
 
 
@@ -194,7 +204,7 @@ def test_sigterm_while_compiling_exits_at_once_after_taking_over_a_stale_lock(da
     work = tmp_path / "run"
     dead = _dead_pid()
     _write_lock(str(work), pid=dead, pid_start=None)
-    p = _start(_cmd(data_root, work))
+    p = _start(_cmd(data_root, work), compile_cache=False)
     seen = []
     for line in p.stdout:
         seen.append(line)
