@@ -11,6 +11,9 @@ STAMP := $(VENV)/.installed
 LINT_STAMP := $(VENV)/.lint-installed
 export XLA_FLAGS ?= --xla_force_host_platform_device_count=8
 export JAX_PLATFORMS ?= cpu
+# test processes (pytest-xdist; a test file stays on one worker, so its module fixtures are built once)
+TEST_WORKERS ?= 2
+XDIST := -n $(TEST_WORKERS) --dist loadfile
 
 .PHONY: demo test test-quick test-fast lint format install install-test clean
 
@@ -39,13 +42,13 @@ demo: $(CORE_STAMP)
 	$(PY) -m dsvl_jax.demo --config=experiments/demo.py:tiny
 
 test: $(STAMP)
-	$(PY) -m pytest -q tests
+	$(PY) -m pytest -q $(XDIST) tests
 
 test-quick: $(STAMP)
-	$(PY) -m pytest -q tests/unit
+	$(PY) -m pytest -q $(XDIST) tests/unit
 
 test-fast: $(STAMP)
-	$(PY) -m pytest -q tests/unit tests/parity
+	$(PY) -m pytest -q $(XDIST) tests/unit tests/parity
 
 lint: $(LINT_STAMP)
 	$(PY) -m ruff format --check .
