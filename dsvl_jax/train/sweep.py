@@ -4,6 +4,10 @@ A grid is `key=v1,v2 key2=v3,v4` (space-separated dimensions, comma-separated va
 paths such as `train.lr`). Its points are the cartesian product in the order given; each point runs in
 its own workdir named `key=value,key2=value` and passes `--config.key=value` to the train command, so the
 values are parsed by the config's own field types. Results come from each run's metrics.jsonl.
+
+The points of a local sweep share one compilation cache (<workdir>/xla_cache, unless the base flags set
+`parallel.compilation_cache_dir`): points whose train step is the same program (seeds, data mixes, step
+counts) compile it once. Values XLA sees as constants (learning rate, schedule) still compile per point.
 """
 
 from __future__ import annotations
@@ -30,6 +34,7 @@ Point = dict[str, str]
 TRAIN_COLUMNS = ("step", "loss", "grad_norm", "tokens_per_s", "step_s", "mfu", "skipped_steps")
 # ... and the last value of every field starting with this prefix (written by train/evaluate.py records).
 EVAL_PREFIX = "eval"
+CACHE_FLAG, CACHE_DIR = "parallel.compilation_cache_dir", "xla_cache"  # shared by a sweep's points
 
 
 class GridError(ConfigError):
@@ -163,6 +168,8 @@ def run_local(
     root = os.path.abspath(workdir)
     os.makedirs(root, exist_ok=True)
     workdirs = [os.path.join(root, point_name(p)) for p in points]
+    if not any(a.startswith(f"--config.{CACHE_FLAG}=") for a in config_args):
+        config_args = [*config_args, f"--config.{CACHE_FLAG}={os.path.join(root, CACHE_DIR)}"]
     cmds = [train_command(config_args, p, wd) for p, wd in zip(points, workdirs)]
     with open(os.path.join(root, "commands.sh"), "w") as f:
         f.write("".join(shlex.join(c) + "\n" for c in cmds))

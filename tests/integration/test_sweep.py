@@ -11,6 +11,8 @@ from dsvl_jax.train import sweep as S
 import commands
 
 GRID = "train.lr=1e-3,3e-3 train.warmup_steps=1,2"
+# the local run sweeps values the train step does not compile in: one compile, shared by the 4 points
+SEEDS = "train.seed=0,1 data.seed=0,1"
 
 
 def _sweep(*args):
@@ -77,7 +79,7 @@ def test_local_sweep_2x2_writes_workdirs_and_table(tmp_path):
     sw = tmp_path / "sw"
     args = [
         "--config=experiments/stage1_aligner.py:tiny",
-        f"--grid={GRID}",
+        f"--grid={SEEDS}",
         f"--workdir={sw}",
         f"--config.data_root={data}",
         "--config.train.steps=3",
@@ -87,19 +89,23 @@ def test_local_sweep_2x2_writes_workdirs_and_table(tmp_path):
     assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
     res = json.loads(p.stdout.strip().splitlines()[-1])
     assert res["points"] == 4 and res["ok"] == 4
-    names = sorted(d.name for d in sw.iterdir() if d.is_dir())
-    assert names == sorted(S.point_name(pt) for pt in S.expand(S.parse_grid(GRID)))
-    for pt in S.expand(S.parse_grid(GRID)):
-        # each run got its point's values
+    points = S.expand(S.parse_grid(SEEDS))
+    names = sorted(d.name for d in sw.iterdir() if d.is_dir() and d.name != S.CACHE_DIR)
+    assert names == sorted(S.point_name(pt) for pt in points)
+    for pt in points:
+        # each run got its point's values, and the sweep's compilation cache
         cfg = json.loads((sw / S.point_name(pt) / "config.json").read_text())
-        assert cfg["train"]["lr"] == float(pt["train.lr"])
-        assert cfg["train"]["warmup_steps"] == int(pt["train.warmup_steps"])
+        assert cfg["train"]["seed"] == int(pt["train.seed"])
+        assert cfg["data"]["seed"] == int(pt["data.seed"])
+        assert cfg["parallel"]["compilation_cache_dir"] == str(sw / S.CACHE_DIR)
+    # the four points' step is one program: compiled by the first, loaded by the others
+    assert len(list((sw / S.CACHE_DIR).glob("jit_step-*"))) == 1
     rows = list(csv.DictReader(Path(sw / "results.csv").read_text().splitlines()))
-    assert [(r["train.lr"], r["train.warmup_steps"]) for r in rows] == [
-        ("1e-3", "1"),
-        ("1e-3", "2"),
-        ("3e-3", "1"),
-        ("3e-3", "2"),
+    assert [(r["train.seed"], r["data.seed"]) for r in rows] == [
+        ("0", "0"),
+        ("0", "1"),
+        ("1", "0"),
+        ("1", "1"),
     ]
     for r in rows:
         assert (
@@ -109,11 +115,9 @@ def test_local_sweep_2x2_writes_workdirs_and_table(tmp_path):
             and float(r["tokens_per_s"]) > 0
         )
     md = (sw / "results.md").read_text().splitlines()
-    assert (
-        md[0].startswith("| train.lr | train.warmup_steps | status | step | loss") and len(md) == 6
-    )
-    # warm-up 1 vs 2 at the same lr: step 2 updates with lr vs lr/2, so the step-3 losses differ
-    assert rows[0]["loss"] != rows[1]["loss"]
+    assert md[0].startswith("| train.seed | data.seed | status | step | loss") and len(md) == 6
+    # another data order at the same init, another init on the same data: the step-3 losses differ
+    assert len({r["loss"] for r in rows}) == 4
     # a second call finds every point done and only rebuilds the table
     p2 = _sweep(*args)
     assert p2.returncode == 0 and p2.stdout.count("done before, skipped") == 4

@@ -1,7 +1,7 @@
 """The package's import graph, read from the source (function-level imports included): no cycle
 between packages, and every import points down the layering
 
-    errors/compat <- model <- config <- parallel <- data <- interop <- checkpoints <- infer <- train
+    errors/compat <- jsonfile <- model <- config <- parallel <- data <- interop <- checkpoints <- infer <- train
         <- eval/api <- cli <- the `python -m dsvl_jax.<command>` entry modules
 
 (a package may import itself and anything below it, nothing beside or above it). Imports inside
@@ -31,6 +31,7 @@ ENTRY_SHIMS = (
 )
 LAYERS = (  # bottom to top; each entry: the units (package or top-level module names) of one layer
     ("errors", "compat", "__init__"),
+    ("jsonfile",),
     ("model",),
     ("config",),
     ("parallel",),
