@@ -1,10 +1,19 @@
 """The commands as users type them: `python -m dsvl_jax.<command> ...` in a subprocess, from the repo root."""
 
 import os
+import re
 import subprocess
 import sys
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def xla_flags(devices: int) -> str:
+    """This process's XLA_FLAGS (the suite's compile options) with `devices` fake CPU devices."""
+    rest = re.sub(
+        r"--xla_force_host_platform_device_count=\S+", "", os.environ.get("XLA_FLAGS", "")
+    )
+    return f"{rest.strip()} --xla_force_host_platform_device_count={devices}".strip()
 
 
 def run(
@@ -19,7 +28,7 @@ def run(
     """Run one command; `devices` fake CPU devices (None: the test process's XLA_FLAGS)."""
     env = dict(os.environ, PYTHONPATH=ROOT, JAX_PLATFORMS="cpu", **(env or {}))
     if devices is not None:
-        env["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={devices}"
+        env["XLA_FLAGS"] = xla_flags(devices)
     return subprocess.run(
         [sys.executable, "-m", f"dsvl_jax.{command}", *args],
         cwd=cwd,

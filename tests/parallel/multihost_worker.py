@@ -7,7 +7,11 @@ import json
 import os
 import sys
 
-os.environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count=4"
+# the parent's compile options (tests/conftest.py), 4 devices per process
+os.environ["XLA_FLAGS"] = (
+    " ".join(f for f in os.environ.get("XLA_FLAGS", "").split() if "device_count" not in f)
+    + " --xla_force_host_platform_device_count=4"
+)
 os.environ["JAX_PLATFORMS"] = "cpu"
 
 
