@@ -1,6 +1,6 @@
 # Two entry points (README): `make demo` runs the main job on the embedded default, `make test` the suite.
 # Both create .venv on a fresh machine with Python 3.11 and install only what they need: `make demo` the
-# core package (no torch, transformers or libtpu), `make test` the test extras as well (.[test,tpu,beam]).
+# core package (no torch, transformers or libtpu), `make test` the test extras as well (.[test,tpu,beam,wandb]).
 # Day to day: `make test-quick` (tests/unit), `make test-fast` (tests/unit + tests/parity, a few minutes),
 # `make lint` / `make format` (ruff, configured in pyproject.toml). CI (.ci/run) runs `make lint` + `make test`.
 PYTHON ?= python3.11
@@ -27,7 +27,7 @@ $(CORE_STAMP): pyproject.toml | $(PY)
 
 $(STAMP): pyproject.toml | $(PY)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e ".[test,tpu,beam]"  # tpu: the offline TPU AOT compile test; beam: prepare --runner=beam
+	$(PY) -m pip install -q -e ".[test,tpu,beam,wandb]"  # tpu: the offline TPU AOT compile test; beam: prepare --runner=beam; wandb: the real offline W&B run
 	touch $(STAMP) $(CORE_STAMP)
 
 $(LINT_STAMP): pyproject.toml | $(PY)

@@ -140,3 +140,14 @@ def test_tensorboard_shows_each_step_once_with_the_replayed_losses(spiked):
     logged = {r["step"]: r["loss_step"] for r in recs if "loss" in r}
     assert sorted(shown) == sorted(logged)
     assert all(np.isclose(shown[s], logged[s]) for s in shown), (shown, logged)
+
+
+def test_a_full_disk_saves_the_step_reached_and_the_rerun_finishes(spiked):
+    work, err, res = spiked
+    msg = str(err)
+    assert "metrics.jsonl: cannot write the run's records: the disk is full" in msg
+    assert f"step {FULL_AT} was saved before stopping" in msg and "\n" not in msg
+    assert res.step == 14 and os.path.isdir(res.final_dir)
+    # the rerun resumed from the emergency checkpoint and kept the spike guard's count
+    meta = json.loads((work / "checkpoints" / "14" / "meta" / "metadata").read_text())
+    assert meta["spike"]["rollbacks"] == 1
