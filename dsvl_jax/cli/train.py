@@ -44,6 +44,9 @@ def main(argv: list[str]) -> None:
     for s in (signal.SIGTERM, signal.SIGINT):  # until train() takes over: while jax loads
         signal.signal(s, _before_train)
     try:
+        from dsvl_jax.train.spikes import check_config as check_spike_fields  # no jax
+
+        check_spike_fields(FLAGS.config.train)  # config errors first, then the data
         check_data(FLAGS.config)
         command.setup_device_process()
         from dsvl_jax.train.loop import train

@@ -323,6 +323,10 @@ def test_bad_configs_fail_with_one_line_before_compiling(data_root, tmp_path):
         "train: error: --config.train.bogus=1: train has no field 'bogus'; its fields: b1, b2,"
     )
     assert len(p.stderr.strip().splitlines()) == 1
+    # a bad spike field is named before the data is looked at (here: a data_root with nothing in it)
+    p = _cli(*base[:2], f"--config.data_root={tmp_path}", "--config.train.spike_patience=-1")
+    assert p.returncode == 2
+    assert p.stderr.strip() == "train: error: train.spike_patience=-1 must be an int >= 0 (0 = off)"
     c = _cfg(data_root, steps=2, batch_size=6)
     with pytest.raises(ConfigError, match="batch_size=6 .* not divisible by the 8 batch shards"):
         train(c, str(tmp_path / "x"))
