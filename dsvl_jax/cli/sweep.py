@@ -4,7 +4,9 @@
 values; keys are config fields). Each point runs `python -m dsvl_jax.train` with the --config /
 --config.* flags given here plus --config.<key>=<value>, in its own workdir DIR/<key=value,...>:
   --mode=local  one point after another on this machine (output in DIR/<point>/train.log); a point whose
-                workdir already has final/ is skipped unless --rerun (a sweep resumes where it stopped)
+                workdir already has final/ is skipped unless --rerun (a sweep resumes where it stopped);
+                the points share one compilation cache, DIR/xla_cache (points whose step is the same
+                program, e.g. seeds, compile it once; the learning rate is compiled in)
   --mode=print  only print the commands, one per line, for a cluster launcher (see launch/README.md)
 Then writes DIR/results.csv and DIR/results.md (each run's last loss, eval metrics, tokens/s, steps).
 The last stdout line is one JSON object; exit 1 when a point failed.
