@@ -10,6 +10,7 @@ import shutil
 
 import numpy as np
 import pytest
+from faults import FullDisk
 from PIL import Image
 from safetensors.numpy import load_file, save_file
 
@@ -313,13 +314,12 @@ def test_a_deeply_nested_eval_line_is_one_skipped_item(tmp_path):
     ]
 
 
-@pytest.mark.skipif(not os.path.exists("/dev/full"), reason="needs /dev/full (Linux)")
 def test_a_full_disk_under_the_logs_is_one_named_error(tmp_path):
-    """/dev/full fails every write with ENOSPC: the logger raises LogWriteError (one line, the file
-    named), stops logging, and close() (the loop's `finally`) does not raise again."""
+    """Every write fails with ENOSPC: the logger raises LogWriteError (one line, the file named), stops
+    logging, and close() (the loop's `finally`) does not raise again."""
     lg = MetricsLogger(str(tmp_path), total_steps=3, start_step=0, progress=False, config={})
     lg._f.close()
-    lg._f = open("/dev/full", "w")  # noqa: SIM115 - the logger closes it
+    lg._f = FullDisk()
     with pytest.raises(
         LogWriteError, match=r"metrics.jsonl: cannot write .*: the disk is full"
     ) as e:

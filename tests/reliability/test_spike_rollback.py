@@ -4,7 +4,7 @@ The spike is planted the way a bad window of data does it: the update of step 7 
 parameter by 10 (a wrapper around the compiled step), so the losses of steps 8 and 9 jump far above
 their running mean. With spike_patience=2 the run must defer the checkpoint of step 8, roll back to
 step 6 (the newest checkpoint before the spike), skip the 4 batches it had drawn since, and finish with
-ordinary losses. Later the metrics file's disk fills up (writes go to /dev/full) while step 12 is
+ordinary losses. Later the metrics file's disk fills up (every write fails with ENOSPC) while step 12 is
 logged: the run ends with one LogWriteError after saving step 12, and the rerun resumes from it and
 finishes, its spike guard (one rollback so far) restored from the checkpoint."""
 
@@ -15,6 +15,7 @@ from typing import ClassVar
 import jax
 import numpy as np
 import pytest
+from faults import FullDisk
 
 from dsvl_jax.checkpoints.run import QUARANTINE_DIR
 from dsvl_jax.config import load_experiment
@@ -70,7 +71,7 @@ def spiked(data_root, tmp_path_factory):
     def write(self, record):
         if record.get("step") == FULL_AT and "loss" in record:
             self._f.close()
-            self._f = open("/dev/full", "w")  # noqa: SIM115 - the logger closes it
+            self._f = FullDisk()
         return real_write(self, record)
 
     mp.setattr(MetricsLogger, "write", write)
@@ -81,9 +82,6 @@ def spiked(data_root, tmp_path_factory):
         mp.undo()
     res = loop.train(_cfg(data_root), str(work))  # the rerun, with a disk that has room
     return work, e.value, res
-
-
-pytestmark = pytest.mark.skipif(not os.path.exists("/dev/full"), reason="needs /dev/full (Linux)")
 
 
 def test_the_spike_is_rolled_back_once_and_its_batches_skipped(spiked):
