@@ -30,15 +30,5 @@ def read(path: str | os.PathLike, error: type[Exception] = Error, kind: type | N
     return value
 
 
-def loads(text: str, error: type[Exception] = Error, where: str = "") -> Any:
-    """One JSON text (a line, a field): `error` naming `where` when it is invalid or too deep."""
-    try:
-        return json.loads(text)
-    except json.JSONDecodeError as e:
-        raise error(f"{where}: not valid JSON ({e})") from None
-    except RecursionError:
-        raise error(f"{where}: {TOO_DEEP}") from None
-
-
 def _name(kind: type) -> str:
     return {dict: "object", list: "array"}.get(kind, kind.__name__)

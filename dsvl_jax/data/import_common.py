@@ -24,13 +24,12 @@ from dsvl_jax.data import records
 from dsvl_jax.data.inputs import InputNotFound, open_binary
 from dsvl_jax.data.records import BadRecord, Example
 from dsvl_jax.errors import Error
+from dsvl_jax.jsonfile import TOO_DEEP  # JSON past the recursion limit: one bad record, not a crash
 
 DEFAULT_MAX_SKIP_RATE = 0.1
 EARLY_CHECK_AFTER = 200  # records seen before the skip-rate cap is checked mid-import
 # one record's build: (its fallback id, a thunk that builds the Example or raises BadRecord)
 Item = tuple[str, Callable[[], Example]]
-# JSON nested past Python's recursion limit (json raises RecursionError): one bad record, not a crash
-TOO_DEEP = "JSON nested too deeply to parse"
 
 __all__ = ["InputNotFound"]
 

@@ -37,6 +37,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from dsvl_jax import jsonfile
+
 MC_INSTRUCTION = "Answer with the option's letter from the given choices directly."
 LETTERS = "ABCDEFGHIJKLMNOPQRSTUVWXYZ"
 _EMPTY = ("", "nan", "none", "null")
@@ -271,20 +273,25 @@ def _json_records(path: Path):
         except json.JSONDecodeError as e:
             raise ValueError(f"{path}: invalid JSON ({e})") from None
         except RecursionError:
-            raise ValueError(f"{path}: JSON nested too deeply to parse") from None
+            raise ValueError(f"{path}: {jsonfile.TOO_DEEP}") from None
         for i, rec in enumerate(data):
             yield f"{path}:[{i}]", rec, None
         return
     for n, line in enumerate(text.splitlines(), 1):
         if not line.strip():
             continue
-        try:
-            rec, err = json.loads(line), None
-        except json.JSONDecodeError as e:
-            rec, err = None, ItemError("bad_json", str(e))
-        except RecursionError:  # one bad line, not a dead benchmark file
-            rec, err = None, ItemError("bad_json", "JSON nested too deeply to parse")
-        yield f"{path}:{n}", rec, err
+        yield f"{path}:{n}", *parse_line(line)
+
+
+def parse_line(line: str) -> tuple[Any, ItemError | None]:
+    """One JSON line of a benchmark file: (record, None), or (None, why it is skipped); a line nested
+    too deeply is one bad item, not a dead benchmark file."""
+    try:
+        return json.loads(line), None
+    except json.JSONDecodeError as e:
+        return None, ItemError("bad_json", str(e))
+    except RecursionError:
+        return None, ItemError("bad_json", jsonfile.TOO_DEEP)
 
 
 def _tsv_records(path: Path):

@@ -49,8 +49,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from dsvl_jax import jsonfile
-from dsvl_jax.eval.items import LETTERS, EvalItem, EvalSet, ItemError, Skipped
+from dsvl_jax.eval.items import LETTERS, EvalItem, EvalSet, ItemError, Skipped, parse_line
 from dsvl_jax.eval.metrics import Metric, accuracy, record
 from dsvl_jax.eval.scoring import mean
 from dsvl_jax.infer import Engine
@@ -103,12 +102,7 @@ def _records(path: Path, base: Path) -> Iterator[tuple[str, str, Any, ItemError 
         for n, line in enumerate(f, 1):
             if not line.strip():
                 continue
-            try:
-                yield f"{path}:{n}", f"{stem}:{n}", json.loads(line), None
-            except json.JSONDecodeError as e:
-                yield f"{path}:{n}", f"{stem}:{n}", None, ItemError("bad_json", str(e))
-            except RecursionError:  # one bad line, not a dead benchmark file
-                yield f"{path}:{n}", f"{stem}:{n}", None, ItemError("bad_json", jsonfile.TOO_DEEP)
+            yield f"{path}:{n}", f"{stem}:{n}", *parse_line(line)
 
 
 def _load(

@@ -41,7 +41,7 @@ class Spike:
 
 def check_config(t) -> None:
     """The spike fields of a train section; ConfigError naming the field."""
-    patience = t.get("spike_patience", 0)
+    patience = t.spike_patience
     if not isinstance(patience, int) or patience < 0:
         raise ConfigError(f"train.spike_patience={patience!r} must be an int >= 0 (0 = off)")
     if not patience:
@@ -66,12 +66,7 @@ class SpikeGuard:
 
     @classmethod
     def from_config(cls, t) -> SpikeGuard:
-        return cls(
-            t.get("spike_factor", 2.0),
-            t.get("spike_patience", 0),
-            t.get("spike_window", 100),
-            t.get("spike_max_rollbacks", 3),
-        )
+        return cls(t.spike_factor, t.spike_patience, t.spike_window, t.spike_max_rollbacks)
 
     @property
     def enabled(self) -> bool:
