@@ -7,11 +7,10 @@ import json
 import os
 import sys
 
+from commands import xla_flags  # tests/ is on the worker's PYTHONPATH; imports no jax
+
 # the parent's compile options (tests/conftest.py), 4 devices per process
-os.environ["XLA_FLAGS"] = (
-    " ".join(f for f in os.environ.get("XLA_FLAGS", "").split() if "device_count" not in f)
-    + " --xla_force_host_platform_device_count=4"
-)
+os.environ["XLA_FLAGS"] = xla_flags(4)
 os.environ["JAX_PLATFORMS"] = "cpu"
 
 
